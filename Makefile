@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# tensorflow-cpu where no NVIDIA driver is present, tensorflow[and-cuda] where one is.
+TF_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+DEMO_DATA ?= demo_data
+DEMO_RUN ?= demo_runs
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed-$(TF_EXTRA): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(TF_EXTRA),test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(VENV)/.installed-$(TF_EXTRA)
+
+demo: install
+	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 24 --seed 0 --split TRAINING
+	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 2 --seed 1 --split TESTING
+	$(PY) -m strokenet_tf.benchmarks.pipeline --data_dir $(DEMO_DATA) --num_batches 8
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_RUN)

@@ -1,0 +1,1 @@
+"""StrokeNet network: residual blocks, multi-level refinement, builder."""
