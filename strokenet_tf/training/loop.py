@@ -1,0 +1,409 @@
+"""Custom training loop for StrokeNet over `tf.distribute` (the library half of `strokenet_tf.train`).
+
+Why not `model.fit`: with Keras 3.15 it does not run under MultiWorkerMirroredStrategy, and the curriculum
+changes the loss parameters, learning rate, augmentation and patch size between epochs, which a plain loop
+expresses directly. The loop follows the TF custom-training guide
+(https://www.tensorflow.org/tutorials/distribute/custom_training):
+
+- model and optimizer are created under `strategy.scope()`; batches come from
+  `strategy.experimental_distribute_dataset`; one step is `strategy.run(replica_step)` inside a `tf.function`
+  whose input signature has dynamic batch/depth/height/width, so a new patch size does not retrace;
+- each replica's loss is summed over its examples and divided by the GLOBAL batch size
+  (`tf.nn.compute_average_loss`); the Keras optimizer all-reduces (sums) the gradients across replicas;
+- focal gamma, alpha and the Dice weight enter the step as scalar tensors and the learning rate is the
+  optimizer's variable, so curriculum changes never retrace;
+- mixed precision: the `mixed_float16` policy and `keras.optimizers.LossScaleOptimizer`.
+
+Resuming: see `checkpointing`. The data order of an epoch depends only on (seed, epoch), so a run restored
+from a mid-epoch checkpoint skips the batches it already trained on and continues with the same ones it would
+have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from strokenet_tf import losses
+from strokenet_tf.config import RUNTIME_FIELDS, TrainConfig
+from strokenet_tf.curriculum import CurriculumStage
+from strokenet_tf.data import augment, folds, isles, pipeline, preprocess
+from strokenet_tf.model import strokenet
+from strokenet_tf.training import checkpointing, distribute, summaries, validation
+
+
+class TrainingError(ValueError):
+    """A run that cannot start (no data, bad fold, ...); the message is one line naming the flag or file."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did. Epochs are counted 1-based here (epochs_done == epochs finished)."""
+
+    model_dir: str
+    epochs_done: int
+    global_step: int
+    best_epoch: int
+    best_val_dice: float
+    last_val_metrics: dict[str, float]
+    best_model_path: str | None
+    resumed_from: str | None
+    train_ids: list[str]
+    val_ids: list[str]
+    trace_count: int
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def load_fold(config: TrainConfig) -> tuple[list, list]:
+    """Reads the labelled cases, splits them by fold and prepares (normalises) them.
+
+    Returns:
+        (train cases, validation cases) as `preprocess.PreparedCase` lists.
+
+    Raises:
+        TrainingError / isles.IslesFormatError / folds.FoldError: one line.
+    """
+    if not os.path.exists(config.data_dir):
+        raise TrainingError(f"--data_dir={config.data_dir}: no such folder")
+    cases = isles.load_cases(config.data_dir, channels=config.channels, split=config.split, require_label=True)
+    if not cases:
+        raise TrainingError(f"--data_dir={config.data_dir}: no labelled {config.split} cases found")
+    patient_map = None
+    if config.patient_map:
+        try:
+            patient_map = folds.read_patient_map(config.patient_map)
+        except folds.FoldError as error:
+            raise TrainingError(f"--patient_map: {error}") from None
+    try:
+        train_ids, val_ids = folds.split_folds(
+            [case.case_id for case in cases], config.num_folds, config.fold, config.seed, patient_map
+        )
+    except folds.FoldError as error:
+        flag = "--patient_map" if "patient map" in str(error) else "--num_folds/--fold"
+        raise TrainingError(f"{flag}: {error} ({len(cases)} cases in {config.data_dir})") from None
+    prepared = {case.case_id: preprocess.prepare_case(case, config.channels) for case in cases}
+    return [prepared[i] for i in train_ids], [prepared[i] for i in val_ids]
+
+
+def _relax_shapes(channels: int):
+    """Makes batch/depth/height/width dynamic in the dataset's element spec (one trace for all patch sizes)."""
+
+    def relax(image, label):
+        image = tf.raw_ops.PlaceholderWithDefault(input=image, shape=[None, None, None, None, channels])
+        label = tf.raw_ops.PlaceholderWithDefault(input=label, shape=[None, None, None, None, 1])
+        return image, label
+
+    return relax
+
+
+def stage_pipeline_config(config: TrainConfig, stage: CurriculumStage) -> pipeline.PipelineConfig:
+    """The pipeline config of one stage: its patch size, the global batch, the model's multiples, the run's seed."""
+    return dataclasses.replace(
+        config.pipeline,
+        patch_size=stage.patch_size,
+        batch_size=config.batch_size,
+        multiples=tuple(config.model.required_multiples),
+        seed=config.seed,
+    )
+
+
+def epoch_dataset(
+    train_cases: Sequence, config: TrainConfig, stage: CurriculumStage, epoch: int
+) -> tuple[tf.data.Dataset, int]:
+    """The batches of one epoch and their number.
+
+    The pipeline's epoch (a pass over every case's patches, last batch possibly short) is repeated and
+    re-batched to full global batches, so every step of every replica and worker gets the same number of
+    examples. Without --steps_per_epoch an epoch is floor(cases * patches_per_case / batch_size) steps (>= 1).
+    """
+    dataset = pipeline.make_training_dataset(
+        train_cases, stage_pipeline_config(config, stage), stage.augment, epoch=epoch
+    )
+    steps = config.steps_per_epoch or max(1, len(train_cases) * config.pipeline.patches_per_case // config.batch_size)
+    dataset = dataset.unbatch().repeat().padded_batch(config.batch_size, drop_remainder=True)
+    dataset = dataset.map(_relax_shapes(len(config.channels)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options), steps
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam or AdamW at the first stage's learning rate, wrapped for loss scaling under mixed precision."""
+    learning_rate = config.curriculum.stages[0].learning_rate
+    if config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    if config.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def per_example_loss(labels, logits, gamma, alpha, dice_weight):
+    """Focal loss (mean over voxels) + dice_weight * soft Dice loss, per example: float32 [batch]."""
+    labels = tf.cast(labels, tf.float32)
+    logits = tf.cast(logits, tf.float32)
+    focal = losses.focal_loss(labels, logits, alpha=alpha, gamma=gamma)
+    focal = tf.reduce_mean(tf.reshape(focal, [tf.shape(logits)[0], -1]), axis=1)
+    dice = losses.soft_dice_loss(labels, logits, per_sample=True)
+    return focal + dice_weight * dice
+
+
+class TrainStep:
+    """Distributed train step, traced once per run (see the module docstring). Returns the global mean loss."""
+
+    def __init__(self, strategy, model, optimizer, global_batch_size: int, mixed_precision: bool):
+        self._strategy = strategy
+        self._model = model
+        self._optimizer = optimizer
+        self._global_batch_size = global_batch_size
+        self._mixed_precision = mixed_precision
+        self._function = None
+        self.trace_count = 0
+
+    def _step(self, images, labels, gamma, alpha, dice_weight):
+        self.trace_count += 1
+        model, optimizer = self._model, self._optimizer
+
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = tf.nn.compute_average_loss(
+                    per_example_loss(labels, logits, gamma, alpha, dice_weight),
+                    global_batch_size=self._global_batch_size,
+                )
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                scaled_loss = optimizer.scale_loss(loss) if self._mixed_precision else loss
+            gradients = tape.gradient(scaled_loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
+        per_replica = self._strategy.run(replica_step, args=(images, labels))
+        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def __call__(self, images, labels, gamma: float, alpha: float, dice_weight: float) -> tf.Tensor:
+        if self._function is None:
+            scalar = tf.TensorSpec([], tf.float32)
+            image_spec, label_spec = self._element_spec
+            self._function = tf.function(self._step, input_signature=[image_spec, label_spec, scalar, scalar, scalar])
+        return self._function(
+            images, labels, tf.constant(gamma, tf.float32), tf.constant(alpha, tf.float32),
+            tf.constant(dice_weight, tf.float32),
+        )
+
+    def set_element_spec(self, element_spec) -> None:
+        """Input signature of the distributed dataset (its dims are already dynamic)."""
+        if self._function is None:
+            self._element_spec = element_spec
+
+
+def _set_policy(mixed_precision: bool) -> str:
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    return previous
+
+
+def _overlay(result: validation.ValidationResult, channels: Sequence[str]) -> np.ndarray | None:
+    if result.sample_image is None:
+        return None
+    channel = channels.index(isles.TMAX) if isles.TMAX in channels else 0
+    index = summaries.pick_slice(result.sample_label, result.sample_image.shape[0])
+    return summaries.overlay_slice(
+        result.sample_image[index, ..., channel], result.sample_label[index], result.sample_prediction[index]
+    )
+
+
+def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state, writers, epoch, save_checkpoint,
+                 after_step, announce_stage: bool) -> None:
+    """Runs the (remaining) steps of one epoch at its curriculum stage; logs the stage when it starts."""
+    curriculum = config.curriculum
+    stage_index, stage = curriculum.stage_at(epoch)
+    gamma = curriculum.gamma_at(epoch)
+    if announce_stage or epoch == curriculum.stage_start(stage_index):
+        line = f"curriculum stage {stage_index + 1}/{len(curriculum.stages)}, {stage.describe()}"
+        logging.info("epoch %d: %s", epoch + 1, line)
+        if config.verbose and chief:
+            print(line[0].upper() + line[1:], flush=True)
+    state.stage.assign(stage_index)
+    optimizer.learning_rate = stage.learning_rate
+
+    dataset, steps = epoch_dataset(train_cases, config, stage, epoch)
+    done = int(state.step_in_epoch.numpy())
+    distributed = strategy.experimental_distribute_dataset(dataset.skip(done).take(max(steps - done, 0)))
+    step_fn.set_element_spec(distributed.element_spec)
+    verbose = 1 if (config.verbose and chief) else 0
+    progress = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=["lr", "gamma"], unit_name="step")
+    if verbose:
+        print(f"Epoch {epoch + 1}/{curriculum.total_epochs} ({stage.name})", flush=True)
+    progress.update(done)
+    losses_seen = []
+    for images, labels in distributed:
+        loss = float(step_fn(images, labels, gamma, stage.alpha, stage.dice_weight))
+        losses_seen.append(loss)
+        state.global_step.assign_add(1)
+        state.step_in_epoch.assign_add(1)
+        global_step, in_epoch = int(state.global_step.numpy()), int(state.step_in_epoch.numpy())
+        progress.update(in_epoch, values=[("loss", loss), ("lr", stage.learning_rate), ("gamma", gamma)])
+        if global_step % config.log_every_steps == 0:
+            writers.scalars(writers.train, global_step, {
+                "loss": loss, "learning_rate": stage.learning_rate, "stage": stage_index, "focal_gamma": gamma,
+            })
+        # The epoch's last step is checkpointed after validation, with the epoch counter advanced.
+        if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0 and in_epoch < steps:
+            save_checkpoint()
+        if after_step is not None:
+            after_step(global_step)
+    if losses_seen:
+        writers.scalars(writers.train, int(state.global_step.numpy()), {
+            "epoch/loss": float(np.mean(losses_seen)), "epoch/learning_rate": stage.learning_rate,
+            "epoch/stage": stage_index, "epoch/focal_gamma": gamma, "epoch/epoch": epoch + 1,
+        })
+
+
+def _validate_and_export(config, strategy, chief, model, predict_fn, val_cases, state, writers, epoch) -> dict:
+    """Validates after `epoch` (0-based), logs it, and exports best.keras when the Dice improved."""
+    global_step = int(state.global_step.numpy())
+    result = validation.validate(predict_fn, val_cases, config.model.required_multiples)
+    writers.scalars(writers.val, global_step, result.mean)
+    overlay = _overlay(result, config.channels)
+    if overlay is not None:
+        writers.image(global_step, "overlay", overlay)
+    message = ", ".join(f"{name} {value:.4f}" for name, value in result.mean.items())
+    logging.info("epoch %d validation on %d cases: %s", epoch + 1, len(val_cases), message)
+    if config.verbose and chief:
+        print(f"  validation: {message}", flush=True)
+    dice = result.mean.get("dice", float("nan"))
+    if np.isfinite(dice) and dice > float(state.best_val_dice.numpy()):
+        state.best_val_dice.assign(dice)
+        state.best_epoch.assign(epoch + 1)
+        # Every worker saves (to a scratch folder off the chief), as tf.distribute asks of collective saves.
+        export_dir = distribute.write_dir(config.model_dir, strategy)
+        checkpointing.save_best_model(model, export_dir, epoch + 1, {**result.mean, "global_step": global_step})
+        distribute.remove_scratch_dir(export_dir, strategy)
+    return result.mean
+
+
+def train(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Trains one fold through the whole curriculum, resuming from MODEL_DIR when it holds this run.
+
+    Args:
+        config: the run (validated here).
+        strategy: a tf.distribute strategy; default: `distribute.make_strategy(config.strategy)`.
+        after_step: called with the global step after every optimizer step (and its checkpoint, if any);
+            tests use it to interrupt a run.
+
+    Returns:
+        TrainResult.
+
+    Raises:
+        TrainingError, ConfigError, checkpointing.ModelDirError, ...: one-line errors about the inputs.
+    """
+    config.validate()
+    config.curriculum.validate(len(augment.AUGMENTATION_STAGES), config.model.required_multiples)
+    strategy = strategy or distribute.make_strategy(config.strategy)
+    chief = distribute.is_chief(strategy)
+    model_dir = config.model_dir
+    # Refuse a model_dir of another run before reading data; record this run once its data has loaded.
+    resuming = checkpointing.check_or_write_config(model_dir, config.to_dict(), RUNTIME_FIELDS, write=False)
+    train_cases, val_cases = load_fold(config)
+    checkpointing.check_or_write_config(model_dir, config.to_dict(), RUNTIME_FIELDS, write=chief)
+    logging.info("fold %d of %d: %d training and %d validation cases; %s strategy with %d replica(s)%s",
+                 config.fold, config.num_folds, len(train_cases), len(val_cases), config.strategy,
+                 strategy.num_replicas_in_sync, "" if chief else " (not the chief: no summaries or exports)")
+
+    previous_policy = _set_policy(config.mixed_precision)
+    try:
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            model = strokenet.build_strokenet(config.model)
+            optimizer = make_optimizer(config)
+            optimizer.build(model.trainable_variables)
+        return _run(config, strategy, chief, model, optimizer, train_cases, val_cases, resuming, after_step)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config, strategy, chief, model, optimizer, train_cases, val_cases, resuming, after_step) -> TrainResult:
+    model_dir = config.model_dir
+    curriculum = config.curriculum
+    multiples = tuple(config.model.required_multiples)
+    state = checkpointing.RunState.create()
+    checkpoint = checkpointing.make_checkpoint(model, optimizer, state)
+    checkpoint_dir = distribute.write_dir(model_dir, strategy)
+    manager = checkpointing.make_manager(checkpoint, checkpoint_dir, config.keep_checkpoints)
+    resumed_from = checkpointing.restore_latest(checkpoint, model_dir)
+    writers = summaries.SummaryWriters(model_dir, chief)
+    if not resuming:
+        writers.hparams(config.to_dict(), trial_id=os.path.basename(os.path.abspath(model_dir)))
+    if resumed_from and int(state.epoch.numpy()) >= curriculum.total_epochs:
+        logging.info("%s already finished all %d epochs (%s)", model_dir, curriculum.total_epochs, resumed_from)
+    elif resumed_from:
+        logging.info("resuming from %s: epoch %d, step %d of the epoch, global step %d", resumed_from,
+                     int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()), int(state.global_step.numpy()))
+
+    def save_checkpoint():
+        manager.save(checkpoint_number=int(state.global_step.numpy()))
+        distribute.remove_scratch_dir(checkpoint_dir, strategy)
+
+    step_fn = TrainStep(strategy, model, optimizer, config.batch_size, config.mixed_precision)
+    predict_fn = validation.make_predict_fn(model, len(config.channels))
+    last_metrics: dict[str, float] = {}
+    start_time = time.time()
+    first_epoch = int(state.epoch.numpy())
+    try:
+        while int(state.epoch.numpy()) < curriculum.total_epochs:
+            epoch = int(state.epoch.numpy())
+            _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state, writers, epoch,
+                         save_checkpoint, after_step, announce_stage=epoch == first_epoch)
+            if (epoch + 1) % config.validate_every_epochs == 0 or epoch + 1 == curriculum.total_epochs:
+                last_metrics = _validate_and_export(
+                    config, strategy, chief, model, predict_fn, val_cases, state, writers, epoch
+                )
+            writers.flush()
+            state.epoch.assign_add(1)
+            state.step_in_epoch.assign(0)
+            save_checkpoint()
+    finally:
+        writers.close()
+
+    best_epoch = int(state.best_epoch.numpy())
+    best_dice = float(state.best_val_dice.numpy())
+    best_model_path = os.path.join(model_dir, checkpointing.BEST_MODEL_FILE)
+    best_model_path = best_model_path if os.path.exists(best_model_path) else None
+    if chief:
+        logging.info(
+            "done in %.0f s: %d epochs, %d steps; best validation Dice %.4f at epoch %d; best model %s; "
+            "checkpoints %s; TensorBoard: tensorboard --logdir %s",
+            time.time() - start_time, curriculum.total_epochs, int(state.global_step.numpy()), best_dice,
+            best_epoch, best_model_path, os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR), model_dir,
+        )
+    return TrainResult(
+        model_dir=model_dir,
+        epochs_done=int(state.epoch.numpy()),
+        global_step=int(state.global_step.numpy()),
+        best_epoch=best_epoch,
+        best_val_dice=best_dice,
+        last_val_metrics=last_metrics,
+        best_model_path=best_model_path,
+        resumed_from=resumed_from,
+        train_ids=[case.case_id for case in train_cases],
+        val_ids=[case.case_id for case in val_cases],
+        trace_count=step_fn.trace_count,
+    )

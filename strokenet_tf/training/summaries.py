@@ -1,0 +1,111 @@
+"""TensorBoard output: scalars under MODEL_DIR/train and MODEL_DIR/val, overlay images, HParams.
+
+Tags: `loss`, `learning_rate`, `stage`, `focal_gamma` per step (train); `epoch/loss` and the same per epoch;
+`dice`, `precision`, `recall` per validation (val) plus `overlay`, an axial slice of one validation case with
+the input map in grey, the label in green and the prediction in red (yellow where they agree).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+VAL_METRICS = ("dice", "precision", "recall")
+
+
+class SummaryWriters:
+    """File writers on the chief, no-op writers on other workers."""
+
+    def __init__(self, model_dir: str, is_chief: bool):
+        self._is_chief = is_chief
+        self._model_dir = model_dir
+        if is_chief:
+            self.train = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+            self.val = tf.summary.create_file_writer(os.path.join(model_dir, "val"))
+        else:
+            self.train = self.val = tf.summary.create_noop_writer()
+        self._writers = [self.train, self.val]
+
+    def scalars(self, writer, step: int, values: Mapping[str, float]) -> None:
+        with writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+
+    def image(self, step: int, name: str, rgb: np.ndarray) -> None:
+        with self.val.as_default(step=int(step)):
+            tf.summary.image(name, rgb[np.newaxis], max_outputs=1)
+
+    def hparams(self, hparams: Mapping[str, Any], trial_id: str) -> None:
+        """Records the run's flattened config for TensorBoard's HParams dashboard."""
+        flat = flatten_hparams(hparams)
+        # Written once per run, into MODEL_DIR itself: the HParams session whose metrics live in val/.
+        writer = tf.summary.create_file_writer(self._model_dir) if self._is_chief else tf.summary.create_noop_writer()
+        self._writers.append(writer)
+        with writer.as_default():
+            hp.hparams_config(
+                hparams=[hp.HParam(name) for name in flat],
+                metrics=[hp.Metric(name, group="val", display_name=f"val {name}") for name in VAL_METRICS],
+            )
+            hp.hparams(flat, trial_id=trial_id)
+
+    def flush(self) -> None:
+        for writer in self._writers:
+            writer.flush()
+
+    def close(self) -> None:
+        if self._is_chief:
+            for writer in self._writers:
+                writer.close()
+
+
+def flatten_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested config -> {"a.b": scalar}; lists, tuples and None become strings (HParams takes scalars only)."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _to_unit_range(image: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(image, [1.0, 99.0]) if image.size else (0.0, 1.0)
+    if high <= low:
+        high = low + 1.0
+    return np.clip((image - low) / (high - low), 0.0, 1.0)
+
+
+def pick_slice(label: np.ndarray | None, depth: int) -> int:
+    """The axial slice with the most lesion voxels, or the middle slice when there is no lesion."""
+    if label is not None and label.any():
+        return int(np.argmax(label.reshape(label.shape[0], -1).sum(axis=1)))
+    return depth // 2
+
+
+def overlay_slice(image_slice: np.ndarray, label_slice: np.ndarray | None, prediction_slice: np.ndarray) -> np.ndarray:
+    """RGB overlay of one axial slice.
+
+    Args:
+        image_slice: float [height, width], one input map (e.g. Tmax).
+        label_slice: {0, 1} [height, width] or None.
+        prediction_slice: {0, 1} [height, width].
+
+    Returns:
+        float32 [height, width, 3] in [0, 1]: grey map, label in green, prediction in red.
+    """
+    grey = _to_unit_range(np.asarray(image_slice, np.float32))
+    rgb = np.repeat(grey[..., np.newaxis], 3, axis=-1) * 0.6
+    prediction = np.asarray(prediction_slice) > 0
+    rgb[..., 0] = np.where(prediction, 1.0, rgb[..., 0])
+    if label_slice is not None:
+        label = np.asarray(label_slice) > 0
+        rgb[..., 1] = np.where(label, 1.0, rgb[..., 1])
+    return rgb.astype(np.float32)

@@ -1,0 +1,194 @@
+"""Tests for strokenet_tf.data.synthesize: layout, determinism, storage, and that the task is not trivial."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from absl import app, flags
+
+from strokenet_tf.data import isles, synthesize
+
+NAME = re.compile(r"^SMIR\.Brain\.XX\.O\.(?P<mod>CT|CT_4DPWI|CT_CBF|CT_CBV|CT_MTT|CT_Tmax|OT)\.(?P<id>\d{6})$")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    total = prediction.sum() + truth.sum()
+    return 2.0 * np.logical_and(prediction, truth).sum() / total if total else 1.0
+
+
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("split", ["TRAINING", "TESTING"])
+def test_layout_is_exactly_isles(tmp_path, split):
+    case_dirs = synthesize.write_dataset(tmp_path, 2, seed=1, split=split, size=16, depths=(2,), start_index=9)
+    assert [p.relative_to(tmp_path).as_posix() for p in case_dirs] == [f"{split}/case_9", f"{split}/case_10"]
+    expected = set(isles.ALL_MODALITIES) - ({isles.LABEL} if split == "TESTING" else set())
+    for case_dir in case_dirs:
+        folders = [p for p in case_dir.iterdir() if not p.name.startswith(".")]
+        matches = [NAME.match(p.name) for p in folders]
+        assert all(matches) and {m["mod"] for m in matches} == expected
+        assert len({m["id"] for m in matches}) == len(matches)  # one id per modality, all different
+        for folder in folders:
+            assert [p.name for p in folder.iterdir()] == [folder.name + ".nii"]
+        pwi = nib.load(next(case_dir.glob("*CT_4DPWI*/*.nii")))
+        assert pwi.ndim == 4 and 43 <= pwi.shape[3] <= 49 and pwi.shape[:3] == (16, 16, 2)
+        assert pwi.header.get_zooms()[3] == 1.0 and pwi.header.get_xyzt_units() == ("mm", "sec")
+
+
+def test_determinism_by_seed_split_and_index(tmp_path):
+    kwargs = dict(size=16, depths=(2, 4), with_pwi=False)
+    synthesize.write_dataset(tmp_path / "a", 2, seed=7, **kwargs)
+    synthesize.write_dataset(tmp_path / "b", 2, seed=7, **kwargs)
+    synthesize.write_dataset(tmp_path / "c", 1, seed=7, start_index=2, **kwargs)
+    synthesize.write_dataset(tmp_path / "d", 1, seed=8, start_index=2, **kwargs)
+    a = _files(tmp_path / "a")
+    assert a == _files(tmp_path / "b")
+    case_2 = {k: v for k, v in a.items() if k.startswith("TRAINING/case_2/")}
+    assert case_2 == _files(tmp_path / "c")
+    other_seed = {k for k in _files(tmp_path / "d") if k.endswith(".nii")}
+    assert len(other_seed) == 6 and other_seed.isdisjoint(case_2)  # other seed: other ids
+    training = synthesize.synthesize_case(synthesize.case_rng(7, "TRAINING", 1), **kwargs)
+    testing = synthesize.synthesize_case(synthesize.case_rng(7, "TESTING", 1), **kwargs)
+    assert training["ids"] != testing["ids"]
+
+
+@pytest.mark.parametrize(
+    "storage, dtypes",
+    [
+        ("isles", {isles.CT: np.int32, isles.CBF: np.uint16, isles.CBV: np.uint16, isles.MTT: np.float64,
+                   isles.TMAX: np.float64, isles.LABEL: np.uint8, isles.PWI: np.int16}),
+        ("physical", {isles.CT: np.float32, isles.CBF: np.float32, isles.CBV: np.float32, isles.MTT: np.float32,
+                      isles.TMAX: np.float32, isles.LABEL: np.uint8, isles.PWI: np.int16}),
+    ],
+)
+def test_storage_dtypes_and_geometry(tmp_path, storage, dtypes):
+    (case_dir,) = synthesize.write_dataset(tmp_path, 1, seed=2, size=16, depths=(4,), storage=storage, compress=True)
+    expected = synthesize.synthesize_case(synthesize.case_rng(2, "TRAINING", 1), size=16, depths=(4,))
+    files = isles.find_modality_files(case_dir)
+    assert all(p.name.endswith(".nii.gz") for p in files.values())
+    for modality, dtype in dtypes.items():
+        image = nib.load(files[modality])
+        assert image.get_data_dtype() == dtype, modality
+        assert image.dataobj.slope == 1.0 and image.dataobj.inter == 0.0
+        np.testing.assert_allclose(image.affine, expected["affine"], atol=1e-4)
+        assert (int(image.header["qform_code"]), int(image.header["sform_code"])) == expected["codes"]
+    if storage == "isles":
+        cbf = np.asarray(nib.load(files[isles.CBF]).dataobj)
+        assert cbf.max() < 20000 and cbf[expected["tissue"]].min() > 0
+
+
+def test_maps_are_anatomically_plausible():
+    for index in range(3):
+        case = synthesize.synthesize_case(synthesize.case_rng(0, "TRAINING", index), size=32, depths=(8,), with_pwi=False)
+        maps, tissue = case["maps"], case["tissue"]
+        perfusion = sum(maps[m] for m in isles.PERFUSION_MAPS)
+        np.testing.assert_array_equal(perfusion > 0, tissue)  # the ISLES brain mask is the brain tissue
+        assert all((maps[m][~tissue] == 0).all() for m in isles.PERFUSION_MAPS)
+        assert maps[isles.CT][0, 0].max() < -900  # air in the corner
+        assert maps[isles.CT].max() > 1000  # skull
+        assert 15 < np.median(maps[isles.CT][tissue]) < 50
+        assert (maps[isles.TMAX][tissue] <= 40).all() and (maps[isles.MTT][tissue] <= 40).all()
+        healthy = tissue & ~case["territory"]
+        assert np.median(maps[isles.TMAX][case["core"] & tissue]) > 5 > np.median(maps[isles.TMAX][healthy])
+        assert np.median(maps[isles.CBF][case["core"] & tissue]) < 0.7 * np.median(maps[isles.CBF][healthy])
+
+
+def test_lesion_volume_and_label_is_a_perturbed_core():
+    volumes = []
+    for index in range(8):
+        rng = synthesize.case_rng(3, "TRAINING", index)
+        case = synthesize.synthesize_case(rng, size=32, depths=(2, 8, 16), with_pwi=False)
+        label, core = case["maps"][isles.LABEL] > 0, case["core"]
+        zooms = case["zooms_mm"]
+        assert case["lesion_volume_ml"] == pytest.approx(label.sum() * np.prod(zooms) / 1000.0)
+        assert 1.0 <= case["lesion_volume_ml"] <= 100.0
+        assert (label <= case["tissue"]).all()
+        assert 0.3 < _dice(label, core) < 0.97  # overlaps the core, but is not the core
+        volumes.append(case["lesion_volume_ml"])
+    assert max(volumes) > 3 * min(volumes)
+
+
+def _brain_normalised(case: dict, modality: str) -> np.ndarray:
+    maps = case["maps"]
+    brain = sum(maps[m] for m in isles.PERFUSION_MAPS) > 0
+    return maps[modality] / np.median(maps[modality][brain]), brain
+
+
+def test_no_single_map_threshold_solves_the_task_but_maps_together_carry_signal():
+    cases = [
+        synthesize.synthesize_case(synthesize.case_rng(0, "TRAINING", k), size=48, depths=(4, 8, 16), with_pwi=False)
+        for k in range(6)
+    ]
+    labels = [c["maps"][isles.LABEL] > 0 for c in cases]
+    best_single = {}
+    for modality, direction in [(isles.CBF, -1), (isles.CBV, -1), (isles.TMAX, 1), (isles.MTT, 1)]:
+        for normalise in (False, True):
+            values, brains = zip(*[
+                _brain_normalised(c, modality) if normalise else (c["maps"][modality], c["maps"][isles.CBF] > 0)
+                for c in cases
+            ])
+            pooled = np.concatenate([v[b] for v, b in zip(values, brains)])
+            best = max(
+                np.mean([_dice((direction * v > direction * t) & b, y) for v, b, y in zip(values, brains, labels)])
+                for t in np.percentile(pooled, np.linspace(0.5, 99.5, 67))
+            )
+            best_single[(modality, normalise)] = best
+    assert max(best_single.values()) < 0.5, best_single
+
+    relative = [
+        (_brain_normalised(c, isles.CBF)[0], _brain_normalised(c, isles.CBV)[0], c["maps"][isles.TMAX]) for c in cases
+    ]
+    combined = max(
+        np.mean([_dice((f < a) & (v < b) & (t > s), y) for (f, v, t), y in zip(relative, labels)])
+        for a in (0.5, 0.6, 0.7, 0.8) for b in (0.6, 0.7, 0.8, 0.9) for s in (4.0, 6.0)
+    )
+    assert combined > max(best_single.values()) + 0.08, (combined, best_single)
+
+
+def test_refuses_to_replace_foreign_folders_and_replaces_its_own(tmp_path):
+    foreign = tmp_path / "TRAINING" / "case_1"
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("real data")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False)
+    assert (foreign / "keep.txt").read_text() == "real data"
+    (case_dir,) = synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False, start_index=2)
+    synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False, start_index=2, compress=True)
+    assert sorted(p.name for p in case_dir.rglob("*.nii*")) == sorted(p.name for p in case_dir.rglob("*.nii.gz"))
+    assert [p.name for p in (tmp_path / "TRAINING").iterdir() if p.name.startswith(".")] == []
+    isles.read_case(case_dir, require_label=True)
+
+
+def test_flags_become_a_config():
+    flag_values = flags.FlagValues()
+    synthesize.define_flags(flag_values)
+    flag_values(["synthesize", "--output_dir=/tmp/x", "--depths=2,4", "--no_pwi", "--storage=isles", "--size=32"])
+    config = synthesize.config_from_flags(flag_values)
+    assert config == synthesize.SynthesisConfig(
+        output_dir="/tmp/x", depths=(2, 4), with_pwi=False, storage="isles", size=32
+    )
+    flag_values.depths = ["2", "x"]
+    with pytest.raises(app.UsageError, match="--depths"):
+        synthesize.config_from_flags(flag_values)
+
+
+def test_command_line_writes_a_readable_dataset(tmp_path):
+    command = [
+        sys.executable, "-m", "strokenet_tf.data.synthesize", f"--output_dir={tmp_path}", "--num_cases=1",
+        "--seed=3", "--split=TESTING", "--storage=isles", "--size=16", "--depths=2", "--no_pwi", "--compress",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (case,) = isles.load_cases(tmp_path, split="TESTING")
+    assert case.image.shape == (2, 16, 16, 5) and case.label is None
