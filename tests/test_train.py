@@ -130,7 +130,8 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, finished_run, tmp
     assert checkpointing.latest_checkpoint(config.model_dir).endswith("ckpt-4")
 
     steps_seen = []
-    with caplog.at_level(logging.INFO):
+    # absl's logger may have been set above INFO by earlier tests; capture it explicitly.
+    with caplog.at_level(logging.INFO, logger="absl"):
         result = loop.train(config, after_step=steps_seen.append)
     assert result.resumed_from.endswith("ckpt-4")
     assert "resuming from" in caplog.text and "epoch 2, step 1 of the epoch, global step 4" in caplog.text
