@@ -1,0 +1,265 @@
+"""Whole-slab inference from RAW maps: the one function that predict, evaluate and the SavedModel export share.
+
+`Segmenter` wraps a trained Keras model in a `tf.Module` whose `segment` tf.function does, in the graph,
+everything that stands between the NIfTI maps and the lesion mask:
+
+    raw [batch, depth, height, width, channels] float32
+      -> NaN/Inf to 0 -> per-case normalisation (`preprocess.normalize_image`)
+      -> zero-pad to the model's multiples (`preprocess.pad_to_multiple`) -> network -> sigmoid
+      -> exact inverse crop (`preprocess.crop_to_shape`) -> probabilities, mask = probabilities >= threshold
+
+Depth, height and width are dynamic in the input signature, so every slab size reuses one trace, and the
+same function is what `strokenet_tf.export` serialises: predict and TF-Serving cannot drift apart.
+
+Models come from a training run (`load_run`): MODEL_DIR/best.keras by default, or the newest training
+checkpoint, with the channel order and architecture read from MODEL_DIR/config.json.
+
+Example:
+    >>> segmenter = Segmenter.from_run("runs/fold0")
+    >>> probabilities, mask = segmenter.predict_case(case)   # isles.Case -> float32, uint8 [d, h, w]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from strokenet_tf.data import isles, preprocess
+from strokenet_tf.model import strokenet
+from strokenet_tf.training import checkpointing
+
+DEFAULT_THRESHOLD = 0.5
+"""Probability at or above which a voxel is called lesion (the same as validation during training)."""
+
+# Names of the serving contract (used by `export`, `serving_client` and the SavedModel adapter of `evaluate`).
+INPUT_KEY = "image"
+PROBABILITIES_KEY = "probabilities"
+MASK_KEY = "mask"
+MODEL_SOURCES = ("best", "latest")
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message is one line naming the path."""
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained network and what is needed to feed it raw maps.
+
+    Attributes:
+        model: Keras model from normalised, padded images to logits.
+        channels: modality name per input channel, in network order.
+        multiples: (depth, height, width) the padded input must be a multiple of.
+        source: the file or checkpoint the weights came from.
+        run_config: MODEL_DIR/config.json as a dict ({} for a bare .keras file).
+        best_record: MODEL_DIR/best.json (epoch, validation metrics), or None.
+    """
+
+    model: keras.Model
+    channels: tuple[str, ...]
+    multiples: tuple[int, int, int]
+    source: str
+    run_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    best_record: dict[str, Any] | None = None
+
+
+def _read_run_config(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, checkpointing.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{model_dir}: not a training run (no {checkpointing.CONFIG_FILE})")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path}: unreadable run config ({error})") from None
+
+
+def _multiples_of(model: keras.Model, run_config: dict[str, Any]) -> tuple[int, int, int]:
+    if run_config.get("model"):
+        return strokenet.ModelConfig.from_dict(run_config["model"]).required_multiples
+    # A bare .keras file: the product of the strides of the encoder's strided convolutions is not recorded, so
+    # use the default architecture's multiples, which also serve every smaller stride product.
+    return strokenet.ModelConfig().required_multiples
+
+
+def load_run(path: str, source: str = "best") -> TrainedModel:
+    """Loads a trained model from a training run folder or a `.keras` file.
+
+    Args:
+        path: MODEL_DIR of `strokenet_tf.train`, or a `.keras` file (then the default channel order).
+        source: "best" (MODEL_DIR/best.keras, best validation Dice) or "latest" (newest training checkpoint).
+
+    Raises:
+        ModelLoadError: one line naming the path.
+    """
+    if source not in MODEL_SOURCES:
+        raise ModelLoadError(f"model source must be one of {', '.join(MODEL_SOURCES)}, got {source!r}")
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such model folder or file")
+    if os.path.isfile(path):
+        model = _load_keras_file(path)
+        channels = isles.DEFAULT_CHANNELS
+        if model.input_shape[-1] != len(channels):
+            raise ModelLoadError(f"{path}: model takes {model.input_shape[-1]} channels; a bare .keras file is "
+                                 f"read as {len(channels)} ({', '.join(channels)}): pass the run folder instead")
+        return TrainedModel(model, channels, _multiples_of(model, {}), path)
+
+    run_config = _read_run_config(path)
+    try:
+        model_config = strokenet.ModelConfig.from_dict(run_config["model"])
+        channels = tuple(run_config["channels"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"{path}/{checkpointing.CONFIG_FILE}: bad model or channels entry ({error})") from None
+    best_record = checkpointing.read_best_record(path)
+    if source == "best":
+        keras_path = os.path.join(path, checkpointing.BEST_MODEL_FILE)
+        if not os.path.isfile(keras_path):
+            raise ModelLoadError(f"{path}: no {checkpointing.BEST_MODEL_FILE} yet (the run has not validated); "
+                                 f"use the latest checkpoint instead")
+        model, loaded_from = _load_keras_file(keras_path), keras_path
+    else:
+        checkpoint_path = checkpointing.latest_checkpoint(path)
+        if checkpoint_path is None:
+            raise ModelLoadError(f"{path}: no training checkpoint under {checkpointing.CHECKPOINT_SUBDIR}/")
+        model = strokenet.build_strokenet(model_config)
+        try:
+            tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise ModelLoadError(f"{checkpoint_path}: does not match the run's model "
+                                 f"({str(error).strip().splitlines()[0] if str(error).strip() else error})") from None
+        loaded_from = checkpoint_path
+    return TrainedModel(model, channels, model_config.required_multiples, loaded_from, run_config, best_record)
+
+
+def _load_keras_file(path: str) -> keras.Model:
+    # Importing the model package registers its custom layers with Keras.
+    from strokenet_tf.model import refinement  # noqa: F401
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad file; the user needs one line.
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"{path}: cannot load Keras model ({message})") from None
+
+
+class Segmenter(tf.Module):
+    """Raw maps -> lesion probabilities and mask, all in one traceable, exportable tf.function.
+
+    Args:
+        model: Keras model from normalised, padded images to logits `[b, d, h, w, 1]`.
+        channels: modality name per input channel (decides the brain mask and the normalisation).
+        multiples: (depth, height, width) padding multiples of the model.
+        threshold: mask = probabilities >= threshold.
+    """
+
+    def __init__(self, model: keras.Model, channels: Sequence[str], multiples: Sequence[int],
+                 threshold: float = DEFAULT_THRESHOLD, name: str = "segmenter"):
+        super().__init__(name=name)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.model = model
+        self.channels = tuple(channels)
+        self.multiples = tuple(int(m) for m in multiples)
+        self.threshold = float(threshold)
+        self.segment = tf.function(
+            self._segment,
+            input_signature=[tf.TensorSpec([None, None, None, None, len(self.channels)], tf.float32)],
+        )
+
+    @classmethod
+    def from_run(cls, path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD) -> "Segmenter":
+        """A Segmenter for a training run folder or `.keras` file (see `load_run`)."""
+        trained = load_run(path, source)
+        segmenter = cls(trained.model, trained.channels, trained.multiples, threshold)
+        segmenter.trained = trained
+        return segmenter
+
+    def _segment(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """image float32 [batch, depth, height, width, channels] (raw units) -> dict of probabilities (float32)
+        and mask (uint8), each [batch, depth, height, width]."""
+        normalised = preprocess.normalize_image(image, self.channels)
+        padded, spatial_shape = preprocess.pad_to_multiple(normalised, self.multiples)
+        logits = self.model(padded, training=False)
+        probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
+        probabilities = preprocess.crop_to_shape(probabilities, spatial_shape)[..., 0]
+        mask = tf.cast(probabilities >= self.threshold, tf.uint8)
+        return {PROBABILITIES_KEY: probabilities, MASK_KEY: mask}
+
+    def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One raw image float32 [depth, height, width, channels] -> (probabilities float32, mask uint8),
+        each [depth, height, width]."""
+        image = np.asarray(image, np.float32)
+        if image.ndim != 4 or image.shape[-1] != len(self.channels):
+            raise ValueError(f"expected a raw image [depth, height, width, {len(self.channels)}], got {image.shape}")
+        outputs = self.segment(tf.constant(image[np.newaxis]))
+        return outputs[PROBABILITIES_KEY].numpy()[0], outputs[MASK_KEY].numpy()[0]
+
+    def predict_case(self, case: isles.Case) -> tuple[np.ndarray, np.ndarray]:
+        """An `isles.Case` (any channel order that holds this model's channels) -> (probabilities, mask)."""
+        return self.predict_image(preprocess.select_channels(case, self.channels))
+
+
+EXPORT_METADATA_FILE = os.path.join("assets.extra", "strokenet_metadata.json")
+"""Where `strokenet_tf.export` records channel order, threshold and normalisation inside a version folder."""
+
+
+class SavedModelSegmenter:
+    """The `serving_default` signature of an exported SavedModel behind the `Segmenter` interface.
+
+    Lets `evaluate` and tests score exactly what TF-Serving would run. The channel order and threshold come
+    from the export's metadata (`EXPORT_METADATA_FILE`).
+    """
+
+    def __init__(self, export_dir: str):
+        metadata_path = os.path.join(export_dir, EXPORT_METADATA_FILE)
+        try:
+            with open(metadata_path, encoding="utf-8") as stream:
+                self.metadata = json.load(stream)
+            self.channels = tuple(self.metadata["channels"])
+            self.threshold = float(self.metadata["threshold"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ModelLoadError(f"{metadata_path}: missing or bad export metadata ({error})") from None
+        try:
+            loaded = tf.saved_model.load(export_dir)
+        except Exception as error:  # TF raises many types for a bad SavedModel; the user needs one line.
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelLoadError(f"{export_dir}: cannot load SavedModel ({message})") from None
+        if "serving_default" not in loaded.signatures:
+            raise ModelLoadError(f"{export_dir}: SavedModel has no serving_default signature")
+        self._loaded = loaded  # keeps the signature's variables alive
+        self._signature = loaded.signatures["serving_default"]
+        self.source = export_dir
+
+    def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as `Segmenter.predict_image`."""
+        image = np.asarray(image, np.float32)
+        if image.ndim != 4 or image.shape[-1] != len(self.channels):
+            raise ValueError(f"expected a raw image [depth, height, width, {len(self.channels)}], got {image.shape}")
+        outputs = self._signature(**{INPUT_KEY: tf.constant(image[np.newaxis])})
+        return outputs[PROBABILITIES_KEY].numpy()[0], outputs[MASK_KEY].numpy()[0]
+
+    def predict_case(self, case: isles.Case) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as `Segmenter.predict_case`."""
+        return self.predict_image(preprocess.select_channels(case, self.channels))
+
+
+def is_saved_model_dir(path: str) -> bool:
+    """True for a folder holding a SavedModel (an export version folder)."""
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD):
+    """A `Segmenter` for a training run / `.keras` file, or a `SavedModelSegmenter` for an export version folder.
+
+    Raises:
+        ModelLoadError: one line naming the path.
+    """
+    if os.path.isdir(path) and is_saved_model_dir(path):
+        return SavedModelSegmenter(path)
+    return Segmenter.from_run(path, source, threshold)
