@@ -80,19 +80,12 @@ def _read_run_config(model_dir: str) -> dict[str, Any]:
         raise ModelLoadError(f"{path}: unreadable run config ({error})") from None
 
 
-def _multiples_of(model: keras.Model, run_config: dict[str, Any]) -> tuple[int, int, int]:
-    if run_config.get("model"):
-        return strokenet.ModelConfig.from_dict(run_config["model"]).required_multiples
-    # A bare .keras file: the product of the strides of the encoder's strided convolutions is not recorded, so
-    # use the default architecture's multiples, which also serve every smaller stride product.
-    return strokenet.ModelConfig().required_multiples
-
-
 def load_run(path: str, source: str = "best") -> TrainedModel:
     """Loads a trained model from a training run folder or a `.keras` file.
 
     Args:
-        path: MODEL_DIR of `strokenet_tf.train`, or a `.keras` file (then the default channel order).
+        path: MODEL_DIR of `strokenet_tf.train`, or a `.keras` file: with a run's config.json beside it, that
+            run's channels and multiples; otherwise the default channel order and architecture multiples.
         source: "best" (MODEL_DIR/best.keras, best validation Dice) or "latest" (newest training checkpoint).
 
     Raises:
@@ -103,13 +96,22 @@ def load_run(path: str, source: str = "best") -> TrainedModel:
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such model folder or file")
     if os.path.isfile(path):
+        model_dir = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(os.path.join(model_dir, checkpointing.CONFIG_FILE)):
+            # A run's best.keras (or a copy beside its config.json): the run records channels and multiples.
+            return _load_from_run_dir(model_dir, source, keras_path=path)
+        # A bare .keras file: the default channel order and architecture multiples. Padding changes what the
+        # normalisation layers see, so a model of another architecture needs its run folder.
         model = _load_keras_file(path)
         channels = isles.DEFAULT_CHANNELS
         if model.input_shape[-1] != len(channels):
             raise ModelLoadError(f"{path}: model takes {model.input_shape[-1]} channels; a bare .keras file is "
                                  f"read as {len(channels)} ({', '.join(channels)}): pass the run folder instead")
-        return TrainedModel(model, channels, _multiples_of(model, {}), path)
+        return TrainedModel(model, channels, strokenet.ModelConfig().required_multiples, path)
+    return _load_from_run_dir(path, source)
 
+
+def _load_from_run_dir(path: str, source: str, keras_path: str | None = None) -> TrainedModel:
     run_config = _read_run_config(path)
     try:
         model_config = strokenet.ModelConfig.from_dict(run_config["model"])
@@ -117,7 +119,9 @@ def load_run(path: str, source: str = "best") -> TrainedModel:
     except (KeyError, TypeError, ValueError) as error:
         raise ModelLoadError(f"{path}/{checkpointing.CONFIG_FILE}: bad model or channels entry ({error})") from None
     best_record = checkpointing.read_best_record(path)
-    if source == "best":
+    if keras_path is not None:
+        model, loaded_from = _load_keras_file(keras_path), keras_path
+    elif source == "best":
         keras_path = os.path.join(path, checkpointing.BEST_MODEL_FILE)
         if not os.path.isfile(keras_path):
             raise ModelLoadError(f"{path}: no {checkpointing.BEST_MODEL_FILE} yet (the run has not validated); "
