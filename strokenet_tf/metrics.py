@@ -251,14 +251,30 @@ def _matched_components(labels: np.ndarray, n: int, other: np.ndarray, min_fract
     return (overlaps > 0) & (overlaps >= min_fraction * sizes)
 
 
-def _lesion_detection(pred, truth, connectivity, min_overlap_fraction, empty) -> dict[str, float]:
+def _label_components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     if connectivity not in _CONNECTIVITY_RANK:
         raise ValueError(f"metrics: lesion connectivity must be 6, 18 or 26, got {connectivity!r}")
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[connectivity]))
+
+
+def lesion_components(mask, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """Connected components of a mask, the lesions that `lesion_detection` counts.
+
+    Args:
+        mask: [depth, height, width], bool or 0/1.
+        connectivity: 6, 18 or 26 neighbours define a component.
+
+    Returns:
+        (labels int32 [depth, height, width] with 0 = background and 1..n the components, n).
+    """
+    return _label_components(_as_mask(mask, "mask"), connectivity)
+
+
+def _lesion_detection(pred, truth, connectivity, min_overlap_fraction, empty) -> dict[str, float]:
     if not 0.0 <= min_overlap_fraction <= 1.0:
         raise ValueError(f"metrics: min_overlap_fraction must be in [0, 1], got {min_overlap_fraction!r}")
-    structure = ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[connectivity])
-    pred_labels, n_pred = ndimage.label(pred, structure=structure)
-    truth_labels, n_true = ndimage.label(truth, structure=structure)
+    pred_labels, n_pred = _label_components(pred, connectivity)
+    truth_labels, n_true = _label_components(truth, connectivity)
     detected = int(_matched_components(truth_labels, n_true, pred, min_overlap_fraction).sum())
     pred_hits = int(_matched_components(pred_labels, n_pred, truth, min_overlap_fraction).sum())
     false_pos, false_neg = n_pred - pred_hits, n_true - detected

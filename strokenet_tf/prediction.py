@@ -1,0 +1,277 @@
+"""Prediction on NIfTI inputs (the library half of `strokenet_tf.predict`).
+
+Per case: read the raw maps (`isles.read_case` / `isles.read_modality_files`), run the shared inference path
+(`inference.Segmenter.predict_case`: normalisation, padding and crop happen in the graph, whole slab in one
+forward pass), and write, each file atomically (temporary file + rename):
+
+    OUTPUT_DIR/<case>/<case_id>_mask.nii.gz          uint8 {0, 1}, exactly the input's grid (shape, affine,
+                                                     qform/sform and their codes, zooms, units)
+    OUTPUT_DIR/<case>/<case_id>_probability.nii.gz   float32 lesion probability (optional)
+    OUTPUT_DIR/<case>/<case_id>_montage.png          axial slices of the maps, lesion outlined (`montage`)
+    OUTPUT_DIR/<case>/<case_id>_report.json          lesion volume (mL), connected components, timings, inputs
+
+`<case>` is the case folder's path relative to the input folder (so TRAINING/case_1 and TESTING/case_1 of one
+root do not collide), or the case id for a single case. The report is written last: its presence means the
+case finished. Existing outputs are refused unless `overwrite`; nothing is ever written into an input case
+folder or over an input file. A case that fails is reported and skipped; the others still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from strokenet_tf import metrics, montage
+from strokenet_tf.data import atomic, isles
+
+OUTPUT_KINDS = ("mask", "probability", "montage", "report")
+_SUFFIXES = {"mask": "_mask.nii.gz", "probability": "_probability.nii.gz", "montage": "_montage.png",
+             "report": "_report.json"}
+COMPONENT_CONNECTIVITY = 26  # as metrics.lesion_detection
+
+
+class PredictError(ValueError):
+    """A run that cannot start (no inputs, outputs that exist, ...); the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseInput:
+    """One case to predict: a case folder, or explicit per-modality files.
+
+    Attributes:
+        case_id: name used in messages and output file names.
+        output_subdir: folder under OUTPUT_DIR that receives the case's outputs.
+        case_dir: the ISLES case folder, or None for explicit files.
+        files: modality name -> NIfTI path for explicit files, else None.
+    """
+
+    case_id: str
+    output_subdir: str
+    case_dir: pathlib.Path | None = None
+    files: Mapping[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """What to write and where.
+
+    Attributes:
+        output_dir: root of the outputs (created if missing).
+        save_probabilities: also write the probability map.
+        save_montage: write the PNG montage.
+        montage_slices: most axial slices in the montage.
+        overwrite: replace outputs that exist (never inputs).
+    """
+
+    output_dir: str
+    save_probabilities: bool = False
+    save_montage: bool = True
+    montage_slices: int = montage.DEFAULT_MAX_SLICES
+    overwrite: bool = False
+
+
+@dataclasses.dataclass
+class CaseFailure:
+    case_id: str
+    message: str
+
+
+def load_model(model: str, source: str = "best", threshold: float | None = None):
+    """`inference.load_segmenter` with the threshold rule: an export records its own threshold.
+
+    Raises:
+        inference.ModelLoadError: one line naming the path (also for a threshold given with an export).
+    """
+    from strokenet_tf import inference
+
+    if threshold is not None and inference.is_saved_model_dir(model):
+        raise inference.ModelLoadError(f"{model}: an exported SavedModel fixes its threshold in its metadata; "
+                                       "drop --threshold")
+    return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD if threshold is None else threshold)
+
+
+def find_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
+    """The cases under a case folder, a folder of case folders or an ISLES root (both splits).
+
+    Raises:
+        PredictError: no such folder or no case in it.
+    """
+    root = pathlib.Path(input_path)
+    if not root.is_dir():
+        raise PredictError(f"--input {root}: no such folder (give a case folder or a folder of case folders)")
+    try:
+        case_dirs = isles.find_case_dirs(root)
+    except isles.IslesFormatError as error:
+        raise PredictError(f"--input {root}: {error}") from None
+    if not case_dirs:
+        raise PredictError(f"--input {root}: no ISLES case folder in it (expected case_N/ folders holding "
+                           "SMIR.Brain.XX.O.<MODALITY>.<ID> files)")
+    inputs = []
+    for case_dir in case_dirs:
+        relative = case_dir.name if case_dir == root else str(case_dir.relative_to(root))
+        inputs.append(CaseInput(case_id=case_dir.name, output_subdir=relative, case_dir=case_dir))
+    return inputs
+
+
+def explicit_input(files: Mapping[str, str], case_id: str | None = None) -> CaseInput:
+    """A case from explicit per-modality files; its id defaults to the folder that holds them all."""
+    if not files:
+        raise PredictError("no input: give --input or the per-modality files (--ct --cbf --cbv --mtt --tmax)")
+    if case_id is None:
+        parents = [os.path.dirname(os.path.abspath(path)) for path in files.values()]
+        common = os.path.commonpath(parents)
+        # ISLES layout: case_1/SMIR.Brain.XX.O.CT.1/SMIR...nii -> the case folder; loose files: their folder.
+        if len(set(parents)) > 1 or isles.parse_modality_name(os.path.basename(common)) is None:
+            case_id = os.path.basename(common) or "case"
+        else:
+            case_id = os.path.basename(os.path.dirname(common)) or "case"
+    return CaseInput(case_id=case_id, output_subdir=case_id, files=dict(files))
+
+
+def output_paths(case_input: CaseInput, options: OutputOptions) -> dict[str, pathlib.Path]:
+    """The files a case will write, by kind (see `OUTPUT_KINDS`)."""
+    folder = pathlib.Path(options.output_dir) / case_input.output_subdir
+    kinds = [k for k in OUTPUT_KINDS if (k != "probability" or options.save_probabilities)
+             and (k != "montage" or options.save_montage)]
+    return {kind: folder / f"{case_input.case_id}{_SUFFIXES[kind]}" for kind in kinds}
+
+
+def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_outputs(inputs: Sequence[CaseInput], options: OutputOptions) -> None:
+    """Refuses, before any work, outputs inside an input case folder, over an input file, or that exist.
+
+    Raises:
+        PredictError: one line naming the first offending path.
+    """
+    output_dir = pathlib.Path(options.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise PredictError(f"--output_dir {output_dir} exists and is not a folder")
+    input_files = {pathlib.Path(p).resolve() for c in inputs if c.files for p in c.files.values()}
+    seen: dict[pathlib.Path, str] = {}
+    existing = []
+    for case_input in inputs:
+        if case_input.case_dir is not None and _inside(output_dir, case_input.case_dir):
+            raise PredictError(f"--output_dir {output_dir} is inside input case folder {case_input.case_dir}; "
+                               "choose a folder outside the inputs")
+        for path in output_paths(case_input, options).values():
+            resolved = path.resolve()
+            if resolved in input_files:
+                raise PredictError(f"output {path} would overwrite an input file")
+            if resolved in seen:
+                raise PredictError(f"cases {seen[resolved]} and {case_input.case_id} would both write {path}")
+            seen[resolved] = case_input.case_id
+            if path.exists():
+                existing.append(path)
+    if existing and not options.overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise PredictError(f"output {existing[0]} already exists{more}; pass --overwrite to replace it")
+
+
+def read_input(case_input: CaseInput, channels: Sequence[str]) -> isles.Case:
+    """Reads the maps a model needs, in its channel order (labels are read when present, for the montage).
+
+    Raises:
+        isles.IslesFormatError: one line naming the case and file.
+    """
+    if case_input.files is None:
+        return isles.read_case(case_input.case_dir, channels)
+    missing = [c for c in channels if c not in case_input.files]
+    if missing:
+        raise isles.IslesFormatError(f"{case_input.case_id}: missing modality {', '.join(missing)} "
+                                     f"(the model reads {', '.join(channels)})")
+    return isles.read_modality_files({c: case_input.files[c] for c in channels}, case_input.case_id)
+
+
+def lesion_report(mask: np.ndarray, spacing_mm: Sequence[float]) -> dict:
+    """Lesion volume (mL), voxel count and connected components (26-connected) of a mask [depth, height, width]."""
+    labels, count = metrics.lesion_components(mask, COMPONENT_CONNECTIVITY)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    return {
+        "lesion_volume_ml": metrics.volume_ml(mask, spacing_mm),
+        "lesion_voxels": int(np.count_nonzero(mask)),
+        "connected_components": int(count),
+        "component_volumes_ml": [float(v) for v in sorted(sizes * voxel_ml, reverse=True)],
+    }
+
+
+def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
+                 warn: Callable[[str], None] = lambda message: None) -> dict:
+    """Predicts one case and writes its outputs; returns its report (also written as JSON).
+
+    Args:
+        segmenter: `inference.Segmenter` or `inference.SavedModelSegmenter` (has `channels`, `predict_case`).
+        case_input: from `find_inputs` / `explicit_input`.
+        options: outputs.
+        warn: receives one-line warnings (non-finite voxels replaced).
+
+    Raises:
+        isles.IslesFormatError, ValueError, OSError: one line; nothing of this case is left half-written.
+    """
+    started = time.perf_counter()
+    case = read_input(case_input, segmenter.channels)
+    for modality, count in case.nonfinite_voxels.items():
+        warn(f"{case.case_id}: replaced {count} NaN/Inf voxels by 0 in {modality} file "
+             f"{case.source_files[modality]}")
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    probabilities, mask = segmenter.predict_case(case)
+    predict_s = time.perf_counter() - started
+    started = time.perf_counter()
+    paths = output_paths(case_input, options)
+    paths["mask"].parent.mkdir(parents=True, exist_ok=True)
+    isles.write_nifti_like(mask.astype(np.uint8), case, paths["mask"], dtype=np.uint8)
+    if "probability" in paths:
+        isles.write_nifti_like(probabilities.astype(np.float32), case, paths["probability"], dtype=np.float32)
+    if "montage" in paths:
+        rgb = montage.render_montage(case, mask, truth=case.label, max_slices=options.montage_slices)
+        atomic.atomic_write_bytes(paths["montage"], montage.encode_png(rgb))
+    report = {
+        "case_id": case.case_id,
+        **lesion_report(mask, case.spacing_mm),
+        "max_probability": float(probabilities.max()) if probabilities.size else 0.0,
+        "threshold": float(getattr(segmenter, "threshold", float("nan"))),
+        "model": str(getattr(segmenter, "source", "") or getattr(getattr(segmenter, "trained", None), "source", "")),
+        "shape_xyz": list(case.nifti_shape),
+        "voxel_size_mm_xyz": [float(s) for s in reversed(case.spacing_mm)],
+        "inputs": {modality: str(path) for modality, path in case.source_files.items()},
+        "nonfinite_voxels_replaced": dict(case.nonfinite_voxels),
+        "outputs": {kind: str(path) for kind, path in paths.items()},
+        "seconds": {"read": round(read_s, 4), "predict": round(predict_s, 4),
+                    "write": round(time.perf_counter() - started, 4)},
+    }
+    atomic.atomic_write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def predict_cases(segmenter, inputs: Sequence[CaseInput], options: OutputOptions,
+                  on_progress: Callable[[int, str], None] = lambda done, case_id: None,
+                  warn: Callable[[str], None] = lambda message: None) -> tuple[list[dict], list[CaseFailure]]:
+    """Predicts every case; a case that fails is reported through `warn`, skipped and returned as a failure.
+
+    Raises:
+        PredictError: before any work, for outputs that exist or would land inside the inputs.
+    """
+    check_outputs(inputs, options)
+    pathlib.Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    reports, failures = [], []
+    for done, case_input in enumerate(inputs, start=1):
+        try:
+            reports.append(predict_case(segmenter, case_input, options, warn))
+        except (isles.IslesFormatError, ValueError, OSError, tf.errors.OpError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            failures.append(CaseFailure(case_input.case_id, message))
+            warn(f"{case_input.case_id}: skipped: {message}")
+        on_progress(done, case_input.case_id)
+    return reports, failures
