@@ -26,20 +26,32 @@ from absl import app, flags
 from strokenet_tf.data import augment, isles, pipeline, preprocess
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "ISLES 2018 root (holding TRAINING/), a split folder, or synthetic data.")
-flags.DEFINE_string("split", "TRAINING", "Split folder of --data_dir to read (labels are needed).")
-flags.DEFINE_list("channels", list(isles.DEFAULT_CHANNELS), "Input modalities in network channel order.")
-flags.DEFINE_integer("num_batches", 8, "Timed batches per stage (after one warm-up batch).", lower_bound=1)
-flags.DEFINE_string("patch_size", "16,128,128", "Patch depth,height,width, or 'full' for whole slabs.")
-flags.DEFINE_integer("batch_size", 2, "Patches per batch.", lower_bound=1)
-flags.DEFINE_integer("patches_per_case", None, "Patches per case and epoch (pipeline default if unset).")
-flags.DEFINE_float("foreground_fraction", None, "Fraction of lesion-centred patches (pipeline default if unset).")
-flags.DEFINE_string("multiples", "2,16,16", "Spatial multiples depth,height,width the model needs.")
-flags.DEFINE_list("stages", None, "Augmentation stages to time (default: all).")
-flags.DEFINE_integer("seed", 0, "Pipeline seed.")
-flags.DEFINE_integer("num_parallel_calls", None, "Parallel map calls (default AUTOTUNE).")
-flags.DEFINE_string("cache_dir", None, "Folder for the cache-file measurement (default: a temporary folder).")
-flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the CLI flags (only when run as a program, so importing this module defines none)."""
+    defined = dict(flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "ISLES 2018 root (holding TRAINING/), a split folder, or synthetic data.",
+                        **defined)
+    flags.DEFINE_string("split", "TRAINING", "Split folder of --data_dir to read (labels are needed).", **defined)
+    flags.DEFINE_list("channels", list(isles.DEFAULT_CHANNELS), "Input modalities in network channel order.",
+                      **defined)
+    flags.DEFINE_integer("num_batches", 8, "Timed batches per stage (after one warm-up batch).", lower_bound=1,
+                         **defined)
+    flags.DEFINE_string("patch_size", "16,128,128", "Patch depth,height,width, or 'full' for whole slabs.",
+                        **defined)
+    flags.DEFINE_integer("batch_size", 2, "Patches per batch.", lower_bound=1, **defined)
+    flags.DEFINE_integer("patches_per_case", None, "Patches per case and epoch (pipeline default if unset).",
+                         **defined)
+    flags.DEFINE_float("foreground_fraction", None, "Fraction of lesion-centred patches (pipeline default if unset).",
+                       **defined)
+    flags.DEFINE_string("multiples", "2,16,16", "Spatial multiples depth,height,width the model needs.", **defined)
+    flags.DEFINE_list("stages", None, "Augmentation stages to time (default: all).", **defined)
+    flags.DEFINE_integer("seed", 0, "Pipeline seed.", **defined)
+    flags.DEFINE_integer("num_parallel_calls", None, "Parallel map calls (default AUTOTUNE).", **defined)
+    flags.DEFINE_string("cache_dir", None, "Folder for the cache-file measurement (default: a temporary folder).",
+                        **defined)
+    flags.DEFINE_string("json", None, "Also write the results to this JSON file.", **defined)
 
 
 def _timed(function):
@@ -221,4 +233,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
