@@ -22,7 +22,9 @@ install: $(VENV)/.installed-$(TF_EXTRA)
 demo: install
 	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 24 --seed 0 --split TRAINING
 	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 2 --seed 1 --split TESTING
-	$(PY) -m strokenet_tf.benchmarks.pipeline --data_dir $(DEMO_DATA) --num_batches 8
+	$(PY) -m strokenet_tf.benchmarks.pipeline --data_dir $(DEMO_DATA) --num_batches 4
+	$(PY) -m strokenet_tf.train --flagfile=experiments/demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/fold0
+	$(PY) -m strokenet_tf.baselines --model_dir=$(DEMO_RUN)/fold0
 
 test: install
 	$(PY) -m pytest -q tests
