@@ -157,12 +157,12 @@ def evaluate_cases(segmenter, case_dirs: Sequence, rules: EmptyRules = EmptyRule
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN -> null and +-inf -> "inf"/"-inf", so the JSON is strict (readable by any parser)."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         value = float(value)
         if math.isnan(value):
@@ -213,7 +213,7 @@ def write_outputs(output_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any
     paths["summary"].parent.mkdir(parents=True, exist_ok=True)
     atomic.atomic_write_text(paths["per_case"], per_case_csv(rows))
     document = {**info, "metrics": summary}
-    atomic.atomic_write_text(paths["summary"], json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n")
+    atomic.atomic_write_text(paths["summary"], json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     return paths
 
 

@@ -129,6 +129,11 @@ def run(config: PredictConfig, segmenter=None):
     if segmenter is None:
         segmenter = prediction.load_model(config.model, config.model_source, config.threshold)
     if config.files:
+        flag_of = {modality: name for name, modality in MODALITY_FLAGS.items()}
+        missing = [f"--{flag_of.get(m, m)}" for m in segmenter.channels if m not in config.files]
+        if missing:
+            raise UsageError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: the model reads "
+                             f"{', '.join(segmenter.channels)}")
         unused = [m for m in config.files if m not in segmenter.channels]
         if unused:
             _warn(f"the model does not read {', '.join(unused)} (it reads {', '.join(segmenter.channels)})")
