@@ -1,0 +1,95 @@
+r"""Exports a trained StrokeNet run as a TF-Serving SavedModel: EXPORT_BASE/<model_name>/<version>/.
+
+Usage:
+    python -m strokenet_tf.export --model_dir=runs/fold0 --export_base=exports [--model_name=strokenet]
+        [--version=N] [--overwrite] [--source=best|latest] [--threshold=0.5] [--warmup_depths=8]
+
+The SavedModel's `serving_default` signature takes raw perfusion maps float32 [batch, depth, height, width,
+channels] (channel order in assets.extra/strokenet_metadata.json) and returns "probabilities" (float32) and
+"mask" (uint8) of the same spatial shape; preprocessing, padding, crop and threshold are in the graph. The
+version defaults to the next free integer; an existing version is replaced only with --overwrite. Prints the
+version folder and the `docker run` command that serves it (see export/README.md).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from strokenet_tf import inference
+from strokenet_tf.serving import export_lib, warmup
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the exporter's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model_dir", None, "Training run folder (config.json, best.keras, checkpoints/) or a "
+                        ".keras file.", **fv)
+    flags.DEFINE_string("export_base", None, "EXPORT_BASE: the version is written to "
+                        "EXPORT_BASE/<model_name>/<version>/ (TF-Serving's model base path is "
+                        "EXPORT_BASE/<model_name>).", **fv)
+    flags.DEFINE_string("model_name", export_lib.DEFAULT_MODEL_NAME, "TF-Serving model name.", **fv)
+    flags.DEFINE_integer("version", None, "Model version (positive integer); default: the next free one.", **fv)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing version folder.", **fv)
+    flags.DEFINE_enum("source", "best", list(inference.MODEL_SOURCES),
+                      "Weights: best (best.keras, best validation Dice) or latest (newest checkpoint).", **fv)
+    flags.DEFINE_float("threshold", inference.DEFAULT_THRESHOLD, "Mask = probabilities >= threshold.", **fv)
+    flags.DEFINE_list("warmup_depths", [str(d) for d in warmup.DEFAULT_DEPTHS],
+                      "Slice counts of the synthetic warmup requests (one each; e.g. 2,4,8,16,22 pre-tunes every "
+                      "ISLES slab depth at ~1.3 MB per slice); empty for no warmup file.", **fv)
+    flags.DEFINE_integer("warmup_size", warmup.DEFAULT_SIZE, "In-plane size of the warmup volumes.", **fv)
+    flags.DEFINE_boolean("verify", True, "Reload the staged SavedModel and compare it with the in-process "
+                         "Segmenter before publishing it.", **fv)
+    flags.mark_flags_as_required(["model_dir", "export_base"], flag_values=flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.ExportConfig:
+    """Parsed flags -> validated ExportConfig (the only place that reads flags)."""
+    try:
+        depths = tuple(int(depth) for depth in flag_values.warmup_depths)
+    except ValueError:
+        raise export_lib.ExportError(f"--warmup_depths: expected integers, got "
+                                     f"{','.join(flag_values.warmup_depths)}") from None
+    return export_lib.ExportConfig(
+        model_dir=flag_values.model_dir,
+        export_base=flag_values.export_base,
+        model_name=flag_values.model_name,
+        version=flag_values.version,
+        source=flag_values.source,
+        threshold=flag_values.threshold,
+        overwrite=flag_values.overwrite,
+        warmup_depths=depths,
+        warmup_size=flag_values.warmup_size,
+        verify=flag_values.verify,
+    ).validate()
+
+
+def _fail(message: str) -> None:
+    print(f"strokenet_tf.export: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = config_from_flags(flag_values)
+        result = export_lib.export_run(config)
+    except (export_lib.ExportError, inference.ModelLoadError) as error:
+        _fail(str(error))
+    except OSError as error:
+        _fail(f"{error.filename or flag_values.export_base}: {error.strerror or error}")
+    difference = ("" if result.max_probability_difference is None
+                  else f", max |probability difference| vs Segmenter {result.max_probability_difference:.2g}")
+    print(f"Exported {config.model_dir} ({config.source}) as {config.model_name} version {result.version}: "
+          f"{result.version_dir} ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s{difference}).")
+    print("Serve it with TF-Serving (gRPC :8500, REST :8501; see export/README.md):")
+    print(export_lib.serving_command(config.export_base, config.model_name, export_lib.deployment_dir()))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,309 @@
+"""Training run -> TF-Serving SavedModel at EXPORT_BASE/<model_name>/<version>/, atomically.
+
+The SavedModel is written with Keras 3's `keras.export.ExportArchive`: the Keras model is tracked and the
+endpoints are `inference.Segmenter.segment` itself (`serving_default`) and a thin wrapper that parses
+serialized tensors first (`serialized`, see `signatures`). So predict, evaluate and TF-Serving run one
+graph: NaN cleaning, per-case normalisation, padding to the network's multiples, network, sigmoid, inverse
+crop and threshold, with dynamic depth/height/width and float32 in and out even for a mixed_float16 model.
+
+A version folder appears only when it is complete: everything is built in a hidden sibling
+`.tmp-export-<id>-<version>` (TF-Serving only loads children whose names parse as integers, see
+`is_version_name`), verified by reloading it and replaying its warmup requests, flushed to disk and then
+renamed into place. A killed export leaves at most that hidden folder, never a half-written version.
+
+Example:
+    >>> result = export_run(ExportConfig(model_dir="runs/fold0", export_base="exports"))
+    >>> result.version_dir
+    'exports/strokenet/1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import shutil
+import time
+import uuid
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from strokenet_tf import inference
+from strokenet_tf.serving import client_lib, metadata as metadata_lib, signatures, warmup
+
+DEFAULT_MODEL_NAME = "strokenet"
+SERVING_IMAGE = "tensorflow/serving:latest-gpu"
+PROBABILITY_TOLERANCE = 1e-5
+_STAGING_PREFIX = ".tmp-export-"
+_RETIRED_PREFIX = ".tmp-replaced-"
+_MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# TF-Serving reads a child folder as a version when strings::safe_strto64 accepts its name: optional
+# surrounding whitespace, an optional sign, decimal digits.
+_VERSION_NAME_PATTERN = re.compile(r"\s*[+-]?\d+\s*")
+
+
+class ExportError(ValueError):
+    """An export that cannot be done; the message is one line naming the flag or path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What to export and where.
+
+    Attributes:
+        model_dir: training run folder (or a .keras file).
+        export_base: EXPORT_BASE; the version lands in EXPORT_BASE/model_name/version.
+        model_name: TF-Serving model name (folder name and models.config `name`).
+        version: integer version, or None for the next free one (1 for a new model).
+        source: "best" (best.keras) or "latest" (newest training checkpoint).
+        threshold: mask = probabilities >= threshold (recorded in the metadata).
+        overwrite: replace an existing version folder.
+        warmup_depths: one warmup request per depth (empty: no warmup file).
+        warmup_size: in-plane size of the warmup volumes (256 for ISLES 2018).
+        verify: reload the staged SavedModel and check it against the Segmenter before publishing.
+    """
+
+    model_dir: str
+    export_base: str
+    model_name: str = DEFAULT_MODEL_NAME
+    version: int | None = None
+    source: str = "best"
+    threshold: float = inference.DEFAULT_THRESHOLD
+    overwrite: bool = False
+    warmup_depths: tuple[int, ...] = warmup.DEFAULT_DEPTHS
+    warmup_size: int = warmup.DEFAULT_SIZE
+    verify: bool = True
+
+    def validate(self) -> "ExportConfig":
+        if not _MODEL_NAME_PATTERN.fullmatch(self.model_name or ""):
+            raise ExportError(f"--model_name: expected letters, digits, '_', '.', '-' (not starting with '.' or "
+                              f"'-'), got {self.model_name!r}")
+        if self.version is not None and self.version < 1:
+            raise ExportError(f"--version: expected a positive integer, got {self.version}")
+        if self.source not in inference.MODEL_SOURCES:
+            raise ExportError(f"--source: expected one of {', '.join(inference.MODEL_SOURCES)}, got {self.source!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ExportError(f"--threshold: expected a value in (0, 1), got {self.threshold}")
+        if any(depth < 1 for depth in self.warmup_depths) or len(self.warmup_depths) > warmup.MAX_RECORDS:
+            raise ExportError(f"--warmup_depths: expected at most {warmup.MAX_RECORDS} positive slice counts, "
+                              f"got {','.join(str(d) for d in self.warmup_depths)}")
+        if self.warmup_size < 8:
+            raise ExportError(f"--warmup_size: expected at least 8 voxels, got {self.warmup_size}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """A published export: the version folder, how long it took and how close it is to the Segmenter."""
+
+    version_dir: str
+    version: int
+    seconds: float
+    size_bytes: int
+    max_probability_difference: float | None
+    metadata: dict[str, Any]
+
+
+def is_version_name(name: str) -> bool:
+    """True for folder names TF-Serving loads as versions ("1", "007"); False for ".tmp-export-...-3"."""
+    return bool(_VERSION_NAME_PATTERN.fullmatch(name))
+
+
+def existing_versions(model_base: str) -> list[int]:
+    """Versions TF-Serving would see under EXPORT_BASE/model_name, ascending."""
+    if not os.path.isdir(model_base):
+        return []
+    return sorted(int(name) for name in os.listdir(model_base)
+                  if is_version_name(name) and os.path.isdir(os.path.join(model_base, name)))
+
+
+def next_version(model_base: str) -> int:
+    """One more than the highest existing version; 1 for a new model."""
+    versions = existing_versions(model_base)
+    return max(versions) + 1 if versions else 1
+
+
+def build_export_archive(segmenter: inference.Segmenter) -> keras.export.ExportArchive:
+    """An ExportArchive with the tracked Keras model and the `serving_default` and `serialized` endpoints."""
+    archive = keras.export.ExportArchive()
+    archive.track(segmenter.model)
+    archive.add_endpoint(signatures.SERVING_DEFAULT, segmenter.segment)
+    archive.add_endpoint(signatures.SERIALIZED, signatures.serialized_endpoint(segmenter))
+    return archive
+
+
+def _tree_size_bytes(directory: str) -> int:
+    return sum(path.stat().st_size for path in pathlib.Path(directory).rglob("*") if path.is_file())
+
+
+def _fsync_tree(directory: str) -> None:
+    """Flushes every file and folder under `directory`, so the rename publishes data that is on disk."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        descriptor = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _max_difference(expected: dict, actual: dict, where: str) -> float:
+    expected_mask = np.asarray(expected[inference.MASK_KEY])
+    actual_mask = np.asarray(actual[inference.MASK_KEY])
+    if actual_mask.dtype != np.uint8 or actual_mask.shape != expected_mask.shape:
+        raise ExportError(f"{where}: mask is {actual_mask.dtype} {actual_mask.shape}, expected uint8 "
+                          f"{expected_mask.shape}")
+    difference = float(np.max(np.abs(np.asarray(expected[inference.PROBABILITIES_KEY], np.float64)
+                                     - np.asarray(actual[inference.PROBABILITIES_KEY], np.float64)), initial=0.0))
+    changed = int(np.count_nonzero(expected_mask != actual_mask))
+    if difference > PROBABILITY_TOLERANCE or changed:
+        raise ExportError(f"{where}: the SavedModel differs from the Segmenter (max |probability difference| "
+                          f"{difference:.3g}, {changed} mask voxel(s) differ)")
+    return difference
+
+
+def verify_export(version_dir: str, segmenter: inference.Segmenter,
+                  fallback_images: Sequence[np.ndarray] = ()) -> float:
+    """Reloads a SavedModel and checks both signatures against `segmenter.segment`.
+
+    Replays the warmup file through `serving_default` (or `fallback_images` when there is none) and one
+    down-sampled image through `serialized`. Returns the largest |probability difference|.
+
+    Raises:
+        ExportError: a missing signature, another dtype/shape, any mask voxel or a probability beyond
+            `PROBABILITY_TOLERANCE` that differs.
+    """
+    loaded = tf.saved_model.load(version_dir)
+    missing = [name for name in signatures.SIGNATURES if name not in loaded.signatures]
+    if missing:
+        raise ExportError(f"{version_dir}: SavedModel lacks signature(s) {', '.join(missing)}")
+    images = []
+    if os.path.isfile(os.path.join(version_dir, warmup.WARMUP_FILE)):
+        for request in warmup.read_warmup_requests(version_dir):
+            inputs = {key: tf.make_ndarray(tensor) for key, tensor in request.inputs.items()}
+            images.append(inputs[inference.INPUT_KEY][0])
+    images = images or [np.asarray(image, np.float32) for image in fallback_images]
+    difference = 0.0
+    for image in images:
+        expected = segmenter.segment(tf.constant(image[np.newaxis]))
+        actual = loaded.signatures[signatures.SERVING_DEFAULT](**{inference.INPUT_KEY: tf.constant(image[np.newaxis])})
+        difference = max(difference, _max_difference(expected, actual, f"{version_dir} {image.shape[:3]}"))
+    if images:
+        small = np.ascontiguousarray(images[0][:, ::4, ::4])
+        expected = segmenter.segment(tf.constant(small[np.newaxis]))
+        serialized = tf.constant([client_lib.serialize_image(small)])
+        actual = loaded.signatures[signatures.SERIALIZED](**{signatures.SERIALIZED_INPUT_KEY: serialized})
+        difference = max(difference, _max_difference(expected, actual, f"{version_dir} serialized"))
+    return difference
+
+
+def _publish(staging: str, target: str, overwrite: bool) -> None:
+    """Renames the complete staging folder to the version folder (replacing it only with `overwrite`)."""
+    base = os.path.dirname(target)
+    if os.path.lexists(target):
+        if not overwrite:
+            raise ExportError(f"{target} appeared while exporting; nothing was replaced")
+        retired = os.path.join(base, f"{_RETIRED_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(target)}")
+        os.rename(target, retired)
+        os.rename(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        try:
+            os.rename(staging, target)
+        except OSError as error:
+            raise ExportError(f"{target}: cannot publish the export ({error.strerror})") from None
+    descriptor = os.open(base, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def export_segmenter(
+    segmenter: inference.Segmenter,
+    model_base: str,
+    version: int,
+    metadata: dict[str, Any],
+    warmup_images: Sequence[np.ndarray] = (),
+    overwrite: bool = False,
+    verify: bool = True,
+) -> tuple[str, float | None]:
+    """Writes `segmenter` as version `version` under `model_base` (staged, verified, renamed into place).
+
+    Returns:
+        (version folder, largest |probability difference| found by `verify_export`, or None).
+    """
+    target = os.path.join(model_base, str(int(version)))
+    if os.path.lexists(target) and not overwrite:
+        raise ExportError(f"{target} exists: version {version} is already exported; pass --overwrite to replace "
+                          f"it, or omit --version to take the next free one")
+    os.makedirs(model_base, exist_ok=True)
+    staging = os.path.join(model_base, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}-{int(version)}")
+    try:
+        build_export_archive(segmenter).write_out(staging, verbose=False)
+        metadata_lib.write_metadata(staging, metadata)
+        if warmup_images:
+            warmup.write_warmup_file(staging, warmup_images, metadata.get("model_name", DEFAULT_MODEL_NAME))
+        difference = None
+        if verify:
+            fallback = warmup_images or [warmup.synthetic_image(2, 32, segmenter.channels)]
+            difference = verify_export(staging, segmenter, fallback)
+        _fsync_tree(staging)
+        _publish(staging, target, overwrite)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return target, difference
+
+
+def export_run(config: ExportConfig) -> ExportResult:
+    """Loads a training run and publishes it as the next (or the given) version.
+
+    Raises:
+        ExportError, inference.ModelLoadError: one line naming the flag or path.
+    """
+    config.validate()
+    start = time.perf_counter()
+    model_base = os.path.join(config.export_base, config.model_name)
+    version = config.version if config.version is not None else next_version(model_base)
+    target = os.path.join(model_base, str(version))
+    if os.path.lexists(target) and not config.overwrite:  # fail before the slow part
+        raise ExportError(f"{target} exists: version {version} is already exported; pass --overwrite to replace "
+                          f"it, or omit --version to take the next free one")
+    segmenter = inference.Segmenter.from_run(config.model_dir, config.source, config.threshold)
+    images = warmup.warmup_images(segmenter.channels, config.warmup_depths, config.warmup_size)
+    metadata = metadata_lib.build_metadata(
+        segmenter.trained, config.model_dir, config.source, config.threshold, config.model_name, version,
+        warmup_shapes=[image.shape[:3] for image in images],
+    )
+    version_dir, difference = export_segmenter(segmenter, model_base, version, metadata, images,
+                                               overwrite=config.overwrite, verify=config.verify)
+    return ExportResult(version_dir, version, time.perf_counter() - start, _tree_size_bytes(version_dir),
+                        difference, metadata)
+
+
+def deployment_dir() -> str | None:
+    """The repository's export/ folder (models.config, batching parameters), when running from a checkout."""
+    folder = pathlib.Path(__file__).resolve().parents[2] / "export"
+    return str(folder) if (folder / "batching_parameters.txt").is_file() else None
+
+
+def serving_command(export_base: str, model_name: str, config_dir: str | None = None) -> str:
+    """The `docker run` line that serves EXPORT_BASE/model_name with the official GPU image (8500 gRPC, 8501 REST)."""
+    lines = [
+        "docker run --rm --gpus all -p 8500:8500 -p 8501:8501",
+        f"  -v {os.path.abspath(export_base)}:/models:ro -e MODEL_NAME={model_name}",
+    ]
+    if config_dir:
+        lines.append(f"  -v {os.path.abspath(config_dir)}:/config:ro")
+    lines.append(f"  {SERVING_IMAGE}")
+    if config_dir:
+        lines.append("  --enable_batching=true --batching_parameters_file=/config/batching_parameters.txt")
+    lines.append("  --rest_api_timeout_in_ms=120000 --grpc_max_threads=16")
+    return " \\\n".join(lines)

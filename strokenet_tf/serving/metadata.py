@@ -1,0 +1,128 @@
+"""The JSON that travels with an export: `<version_dir>/assets.extra/strokenet_metadata.json`.
+
+TF-Serving copies nothing from it, but `inference.SavedModelSegmenter`, `serving_client` users and people
+auditing a deployment read it: channel order, threshold, normalisation constants, where the weights came
+from and how good they were when exported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from strokenet_tf import inference
+from strokenet_tf.data import atomic, preprocess
+from strokenet_tf.serving import signatures
+from strokenet_tf.training import checkpointing
+
+FORMAT_VERSION = 1
+
+
+def _sha256_of_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_id(model_path: str) -> str:
+    """A stable id of a training run: `<run folder name>-<first 12 hex of sha256(config.json)>`.
+
+    Two runs with the same folder name but other settings get other ids. For a bare `.keras` file (no run
+    folder) the file name and a hash of the file itself.
+    """
+    path = os.path.abspath(model_path)
+    run_dir = path if os.path.isdir(path) else os.path.dirname(path)
+    config_path = os.path.join(run_dir, checkpointing.CONFIG_FILE)
+    if os.path.isfile(config_path):
+        return f"{os.path.basename(run_dir)}-{_sha256_of_file(config_path)[:12]}"
+    return f"{os.path.splitext(os.path.basename(path))[0]}-{_sha256_of_file(path)[:12]}"
+
+
+def _tensor_info(shape: Sequence[int | None], dtype: str) -> dict[str, Any]:
+    return {"shape": [-1 if size is None else size for size in shape], "dtype": dtype}
+
+
+def signature_summary(channels: int) -> dict[str, Any]:
+    """What `saved_model_cli show` reports, in plain JSON (-1 = dynamic)."""
+    outputs = {inference.PROBABILITIES_KEY: _tensor_info([None] * 4, "float32"),
+               inference.MASK_KEY: _tensor_info([None] * 4, "uint8")}
+    return {
+        signatures.SERVING_DEFAULT: {"inputs": {inference.INPUT_KEY: _tensor_info([None] * 4 + [channels], "float32")},
+                                     "outputs": outputs},
+        signatures.SERIALIZED: {"inputs": {signatures.SERIALIZED_INPUT_KEY: _tensor_info([None], "string")},
+                                "outputs": outputs},
+    }
+
+
+def build_metadata(
+    trained: inference.TrainedModel,
+    model_path: str,
+    model_source: str,
+    threshold: float,
+    model_name: str,
+    version: int,
+    warmup_shapes: Sequence[Sequence[int]] = (),
+) -> dict[str, Any]:
+    """The metadata dict of one export.
+
+    Args:
+        trained: the loaded run (`inference.load_run`).
+        model_path: the --model_dir given (run folder or .keras file).
+        model_source: "best" or "latest".
+        threshold: mask = probabilities >= threshold, as exported.
+        model_name, version: where it is served (EXPORT_BASE/model_name/version).
+        warmup_shapes: (depth, height, width) of each warmup request.
+
+    Keys "channels" (list) and "threshold" (float) are what `inference.SavedModelSegmenter` needs.
+    "metrics" is best.json when the exported weights are best.keras, else None (the latest checkpoint was
+    never validated as such); the run's best record is kept under "run_best_record" either way.
+    """
+    source = os.path.abspath(trained.source)
+    is_best_file = os.path.isfile(source) and os.path.basename(source) == checkpointing.BEST_MODEL_FILE
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "version": int(version),
+        "channels": list(trained.channels),
+        "threshold": float(threshold),
+        "multiples": list(trained.multiples),
+        "normalization": preprocess.normalization_constants(),
+        "run_id": run_id(model_path),
+        "run_dir": os.path.abspath(model_path),
+        "model_source": model_source,
+        "source_checkpoint": source,
+        "source_sha256": _sha256_of_file(source) if os.path.isfile(source) else None,
+        "metrics": dict(trained.best_record) if (trained.best_record and is_best_file) else None,
+        "run_best_record": dict(trained.best_record) if trained.best_record else None,
+        "dtype_policy": trained.model.dtype_policy.name,
+        "signatures": signature_summary(len(trained.channels)),
+        "warmup_shapes": [list(shape) for shape in warmup_shapes],
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+
+
+def metadata_path(version_dir: str) -> str:
+    return os.path.join(version_dir, inference.EXPORT_METADATA_FILE)
+
+
+def write_metadata(version_dir: str, metadata: dict[str, Any]) -> str:
+    """Writes `<version_dir>/assets.extra/strokenet_metadata.json` atomically; returns its path."""
+    path = metadata_path(version_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic.atomic_write_text(path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_metadata(version_dir: str) -> dict[str, Any]:
+    with open(metadata_path(version_dir), encoding="utf-8") as stream:
+        return json.load(stream)
