@@ -11,9 +11,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test clean
 
+# tensorflow-serving-api (TF-Serving protos for export warmup and serving_client) goes in with --no-deps: it
+# requires the full `tensorflow` wheel, which would replace tensorflow-cpu; grpcio and protobuf come with TF.
 $(VENV)/.installed-$(TF_EXTRA): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(TF_EXTRA),test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(TF_EXTRA),test,serving]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "tensorflow-serving-api>=2.21,<2.22"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

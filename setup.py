@@ -24,5 +24,9 @@ setup(
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": ["pytest>=8", "medpy>=0.5"],
+        # TF-Serving export and client. tensorflow-serving-api itself depends on the full `tensorflow` wheel
+        # (which would replace tensorflow-cpu), so the Makefile installs it with --no-deps; it needs only
+        # grpcio and protobuf at run time, which TensorFlow already brings.
+        "serving": ["grpcio>=1.60"],
     },
 )
