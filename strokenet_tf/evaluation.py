@@ -267,15 +267,19 @@ class ThresholdBaseline:
             both.append(lesion_keys.size - np.searchsorted(lesion_keys, cut, side="left"))
         self._counts.append((np.array(both), np.array(predicted), int(np.count_nonzero(truth))))
 
-    def result(self) -> dict[str, Any] | None:
-        """{"map", "direction", "threshold", "mean_dice", "n"} of the best map and threshold, or None."""
-        if not self._counts or not self.maps:
-            return None
+    def mean_dice(self) -> np.ndarray:
+        """Mean Dice over the added cases, float64 [len(self.maps), len(BASELINE_THRESHOLDS)]."""
         dice = []
         for both, predicted, true in self._counts:
             total = predicted + true
             dice.append(np.where(total > 0, 2.0 * both / np.maximum(total, 1), 1.0))
-        mean = np.mean(dice, axis=0)  # [maps, thresholds]
+        return np.mean(dice, axis=0)
+
+    def result(self) -> dict[str, Any] | None:
+        """{"map", "direction", "threshold", "mean_dice", "n"} of the best map and threshold, or None."""
+        if not self._counts or not self.maps:
+            return None
+        mean = self.mean_dice()
         m, t = np.unravel_index(int(np.argmax(mean)), mean.shape)
         name = self.maps[m]
         return {"map": name, "direction": BASELINE_DIRECTIONS[name], "threshold": float(BASELINE_THRESHOLDS[t]),
