@@ -4,9 +4,10 @@ Usage:
     python -m strokenet_tf.cross_validate --flagfile=experiments/default.flags \
         --data_dir=/data/ISLES2018 --model_dir=runs/cv
 
-Takes every flag of `strokenet_tf.train` (the same TrainConfig, built by `train.config_from_flags`) except
---fold; --folds picks a subset. Fold K trains into MODEL_DIR/fold_K and is scored on the cases it held out
-(`evaluation`, the same code as `strokenet_tf.evaluate --fold=K`) into MODEL_DIR/fold_K/evaluation/. Then
+Takes every flag of `strokenet_tf.train` (the same TrainConfig, built by `train.config_from_flags`, so the
+experiments' flagfiles work); --fold is ignored and --folds picks a subset (default: all --num_folds). Fold K
+trains into MODEL_DIR/fold_K and is scored on the cases it held out (`evaluation`, the same code as
+`strokenet_tf.evaluate --fold=K`) into MODEL_DIR/fold_K/evaluation/. Then
 MODEL_DIR/cv_summary.json and cv_summary.csv hold, per fold, the mean of every metric, and their mean and std
 over folds, the form of the StrokeNet report (Dice, recall, precision in %), plus HD95, AVD and lesion F1.
 
@@ -70,8 +71,9 @@ def fold_dir(model_dir: str, fold: int) -> str:
 
 def config_from_flags(flag_values) -> CrossValidationConfig:
     """Raises config_lib.ConfigError / curriculum.CurriculumError: one line naming the flag."""
-    if flag_values["fold"].present:
-        raise config_lib.ConfigError("--fold: cross-validation runs every fold; pick some with --folds")
+    if flag_values["fold"].present:  # e.g. from an experiment's flagfile, written for strokenet_tf.train
+        absl_logging.warning("--fold=%d is ignored: cross-validation runs the folds of --folds (default: all)",
+                             flag_values.fold)
     base = train.config_from_flags(flag_values)
     if flag_values.folds:
         try:

@@ -81,7 +81,7 @@ def test_settings_of_another_run_and_bad_flags_are_refused(cv_run, data_dir, cap
     model_dir, _ = cv_run
     for extra, message in (
         (["--learning_rate=0.01"], "different settings"),
-        (["--fold=1"], "--fold: cross-validation runs every fold"),
+        (["--folds=a"], "--folds: expected integers, got a"),
         (["--folds=2"], "--folds: 2 is not in [0, 1]"),
     ):
         with pytest.raises(SystemExit) as exit_info:
