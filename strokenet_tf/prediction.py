@@ -104,6 +104,9 @@ def find_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
         PredictError: no such folder or no case in it.
     """
     root = pathlib.Path(input_path)
+    if root.is_file():
+        raise PredictError(f"--input {root} is a file; give a case folder, or one case's maps as --ct --cbf --cbv "
+                           "--mtt --tmax")
     if not root.is_dir():
         raise PredictError(f"--input {root}: no such folder (give a case folder or a folder of case folders)")
     try:

@@ -197,6 +197,8 @@ def test_output_inside_an_input_case_folder_is_refused(tmp_path):
     with pytest.raises(prediction.PredictError, match="inside input case folder"):
         prediction.check_outputs(inputs, prediction.OutputOptions(str(case_dir / "predictions")))
     files = {m: str(next(case_dir.glob(f"*.O.{m}.*/*.nii"))) for m in MODALITIES}
+    with pytest.raises(prediction.PredictError, match="is a file; give a case folder, or one case's maps as --ct"):
+        prediction.find_inputs(files[isles.CT])
     explicit = prediction.explicit_input(files)
     assert explicit.case_id == "case_1"
     with pytest.raises(prediction.PredictError, match="overwrite an input file"):
