@@ -150,10 +150,13 @@ def _fail(message: str, code: int = 2) -> None:
 def main(argv, flag_values: flags.FlagValues = FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from strokenet_tf import inference, prediction
-
     try:
         config = config_from_flags(flag_values)
+    except UsageError as error:
+        _fail(str(error))
+    from strokenet_tf import inference, prediction  # TensorFlow loads from here on
+
+    try:
         reports, failures = run(config)
     except (UsageError, prediction.PredictError, inference.ModelLoadError) as error:
         _fail(str(error))
