@@ -88,7 +88,8 @@ def test_cli_publishes_version_1_with_metadata_warmup_and_serving_command(export
     for name in ("saved_model.pb", "variables", inference.EXPORT_METADATA_FILE, warmup.WARMUP_FILE):
         assert os.path.exists(os.path.join(version_dir, name)), name
     assert f"{version_dir} (" in stdout and "version 1" in stdout
-    assert "docker run" in stdout and "tensorflow/serving:latest-gpu" in stdout and "-p 8500:8500 -p 8501:8501" in stdout
+    assert "docker run" in stdout and "tensorflow/serving:latest-gpu" in stdout
+    assert "-p 8500:8500 -p 8501:8501" in stdout
     assert f"{os.path.abspath(export_base)}:/models" in stdout and "MODEL_NAME=strokenet" in stdout
 
     metadata = metadata_lib.read_metadata(version_dir)
@@ -103,6 +104,7 @@ def test_cli_publishes_version_1_with_metadata_warmup_and_serving_command(export
     assert metadata["tensorflow_version"] == tf.__version__ and metadata["keras_version"] == keras.__version__
     assert metadata["exported_at"].endswith("+00:00") and metadata["version"] == 1
     assert metadata["warmup_shapes"] == [[WARMUP_DEPTH, WARMUP_SIZE, WARMUP_SIZE]]
+    assert metadata["dtype_policies"] == ["float32"] and metadata["model_source"] == "best"
     assert metadata["signatures"]["serving_default"]["inputs"]["image"] == {"shape": [-1, -1, -1, -1, 5],
                                                                              "dtype": "float32"}
 

@@ -111,7 +111,8 @@ def test_rest_body_and_response_formats():
         assert probabilities.dtype == np.float32 and probabilities.tolist() == [[[0.75, 0.25]]]
     with pytest.raises(client_lib.ServingError, match="server error: Servable not found"):
         client_lib.parse_rest_response({"error": "Servable not found for request: Latest(x)"}, (1, 1, 2))
-    assert client_lib.rest_predict_url("host:8501", MODEL, 3) == "http://host:8501/v1/models/strokenet/versions/3:predict"
+    url = client_lib.rest_predict_url("host:8501", MODEL, 3)
+    assert url == "http://host:8501/v1/models/strokenet/versions/3:predict"
 
 
 def test_grpc_channel_raises_the_message_size_limits():

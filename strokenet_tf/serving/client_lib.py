@@ -96,7 +96,8 @@ def build_predict_request(
 
 def _outputs_to_arrays(outputs: dict[str, np.ndarray], spatial_shape: tuple[int, ...]):
     if inference.MASK_KEY not in outputs:
-        raise ServingError(f"response has no {inference.MASK_KEY!r} output (got {', '.join(sorted(outputs)) or 'none'})")
+        names = ", ".join(sorted(outputs)) or "none"
+        raise ServingError(f"response has no {inference.MASK_KEY!r} output (got {names})")
     arrays = {}
     for key in signatures.OUTPUT_KEYS:
         if key not in outputs:
@@ -247,7 +248,8 @@ class ServingClient:
             raise ServingError(f"{url}: HTTP {error.code}: {_one_line(message) or error.reason}") from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise ServingError(f"{url}: cannot reach TF-Serving ({_one_line(reason)}; is this its REST port?)") from None
+            raise ServingError(f"{url}: cannot reach TF-Serving ({_one_line(reason)}; is this its REST port?)") \
+                from None
         except ValueError as error:
             raise ServingError(f"{url}: response is not JSON ({_one_line(error)})") from None
         probabilities, mask = parse_rest_response(body, image.shape[:3])

@@ -102,7 +102,9 @@ def build_metadata(
         "source_sha256": _sha256_of_file(source) if os.path.isfile(source) else None,
         "metrics": dict(trained.best_record) if (trained.best_record and is_best_file) else None,
         "run_best_record": dict(trained.best_record) if trained.best_record else None,
-        "dtype_policy": trained.model.dtype_policy.name,
+        # Per-layer policies: a mixed_float16 run has "mixed_float16" here (the model-level policy stays float32).
+        # The signatures take and return float32 either way.
+        "dtype_policies": sorted({layer.dtype_policy.name for layer in trained.model.layers}),
         "signatures": signature_summary(len(trained.channels)),
         "warmup_shapes": [list(shape) for shape in warmup_shapes],
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
