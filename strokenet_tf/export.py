@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from strokenet_tf import inference
 from strokenet_tf.serving import export_lib, warmup
@@ -75,6 +76,8 @@ def _fail(message: str) -> None:
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # TensorFlow's SavedModel writer logs INFO lines per function and file; the summary below is what matters.
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         config = config_from_flags(flag_values)
         result = export_lib.export_run(config)
