@@ -143,13 +143,16 @@ def _load_from_run_dir(path: str, source: str, keras_path: str | None = None) ->
 
 def _load_keras_file(path: str) -> keras.Model:
     # Importing the model package registers its custom layers with Keras.
-    from strokenet_tf.model import refinement  # noqa: F401
+    from strokenet_tf.model import normalization, refinement  # noqa: F401
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a bad file; the user needs one line.
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"{path}: cannot load Keras model ({message})") from None
+    # Files saved with Keras's GroupNormalization get the model package's faster drop-in (same weights and
+    # outputs), so older runs predict at the current speed.
+    return normalization.with_fast_group_norm(model)
 
 
 class Segmenter(tf.Module):

@@ -89,24 +89,21 @@ def time_calls(function: Callable[[], object], warmup: int, repeats: int) -> dic
 def export_saved_model(segmenter: inference.Segmenter, directory: str) -> str:
     """Exports `segmenter.segment` as a SavedModel `serving_default` signature; returns how it was exported.
 
-    Uses `strokenet_tf.export` when it offers `export_segmenter`, else a Keras `ExportArchive` of the same
-    signature (what `export` is specified to write).
+    Uses the export module's archive (`serving.export_lib.build_export_archive`, what `strokenet_tf.export`
+    writes) when it exists, else a Keras `ExportArchive` of the same `serving_default` signature.
     """
     try:
-        from strokenet_tf import export as export_lib  # written concurrently; may not exist yet
-    except ImportError:
-        export_lib = None
-    if export_lib is not None and hasattr(export_lib, "export_segmenter"):
-        export_lib.export_segmenter(segmenter, directory)
-        return "strokenet_tf.export.export_segmenter"
-    archive = keras.export.ExportArchive()
-    archive.track(segmenter.model)
-    archive.add_endpoint("serving_default", segmenter.segment,
-                         input_signature=[tf.TensorSpec([None, None, None, None, len(segmenter.channels)],
-                                                        tf.float32, name=inference.INPUT_KEY)])
+        from strokenet_tf.serving import export_lib  # the export module; may be absent in older checkouts
+        archive, via = export_lib.build_export_archive(segmenter), "serving.export_lib.build_export_archive"
+    except (ImportError, AttributeError):
+        archive, via = keras.export.ExportArchive(), "keras.export.ExportArchive (no serving.export_lib)"
+        archive.track(segmenter.model)
+        archive.add_endpoint("serving_default", segmenter.segment,
+                             input_signature=[tf.TensorSpec([None, None, None, None, len(segmenter.channels)],
+                                                            tf.float32, name=inference.INPUT_KEY)])
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # ExportArchive prints a summary
         archive.write_out(directory)
-    return "keras.export.ExportArchive (strokenet_tf.export.export_segmenter not available)"
+    return via
 
 
 def mixed_precision_model(model: keras.Model, config: strokenet.ModelConfig) -> keras.Model:

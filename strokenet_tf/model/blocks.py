@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import keras
 
+from strokenet_tf.model.normalization import GroupNormalization
+
 NORMALIZATIONS = ("group", "batch", "instance")
 
 
@@ -52,15 +54,16 @@ def normalization(kind: str, channels: int, groups: int = 8, name: str | None = 
 
     Args:
         kind: `"group"` (GroupNorm, Wu & He 2018, with `group_count(channels, groups)` groups), `"batch"` or
-            `"instance"` (GroupNorm with one group per channel).
+            `"instance"` (GroupNorm with one group per channel). GroupNorm is `normalization.GroupNormalization`,
+            Keras's layer with faster statistics.
         channels: channel count of the normalised tensor.
         groups: the most groups `"group"` may use.
         name: layer name.
     """
     if kind == "group":
-        return keras.layers.GroupNormalization(groups=group_count(channels, groups), epsilon=1e-5, name=name)
+        return GroupNormalization(groups=group_count(channels, groups), epsilon=1e-5, name=name)
     if kind == "instance":
-        return keras.layers.GroupNormalization(groups=channels, epsilon=1e-5, name=name)
+        return GroupNormalization(groups=channels, epsilon=1e-5, name=name)
     if kind == "batch":
         return keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-5, name=name)
     raise ValueError(f"norm: expected one of {', '.join(NORMALIZATIONS)}, got {kind!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from strokenet_tf.model import blocks
@@ -53,9 +54,21 @@ class LinearUpsampling3D(keras.layers.Layer):
             raise ValueError(f"LinearUpsampling3D: size must be >= 1 on every axis, got {self.size}")
 
     def call(self, inputs):
+        # Bilinear resizes (one optimised kernel each; ~3x faster on CPU than slicing and blending per axis): the
+        # in-plane factors on every slice, then depth as the height of [batch, depth, height * width] images.
+        depth_factor, height_factor, width_factor = self.size
         x = inputs
-        for axis, factor in zip((1, 2, 3), self.size):
-            x = _upsample_axis(x, axis, factor)
+        shape = ops.shape(x)
+        batch, depth, height, width, channels = (shape[i] for i in range(5))
+        channels = x.shape[-1] if x.shape[-1] is not None else channels
+        if (height_factor, width_factor) != (1, 1):
+            height, width = height * height_factor, width * width_factor
+            slices = ops.reshape(x, (-1, shape[2], shape[3], channels))
+            x = ops.reshape(_resize_bilinear(slices, height, width), (batch, depth, height, width, channels))
+        if depth_factor != 1:
+            columns = ops.reshape(x, (batch, depth, -1, channels))
+            x = _resize_bilinear(columns, depth * depth_factor, height * width)
+            x = ops.reshape(x, (batch, depth * depth_factor, height, width, channels))
         return x
 
     def compute_output_shape(self, input_shape):
@@ -70,36 +83,10 @@ class LinearUpsampling3D(keras.layers.Layer):
         return config
 
 
-def _upsample_axis(x, axis: int, factor: int):
-    """Linear upsampling of `x` by `factor` along `axis` (half-pixel centres, edges replicated)."""
-    if factor == 1:
-        return x
-    rank = len(x.shape)
-    first = [slice(None)] * rank
-    first[axis] = slice(0, 1)
-    last = [slice(None)] * rank
-    last[axis] = slice(-1, None)
-    head = [slice(None)] * rank
-    head[axis] = slice(None, -1)
-    tail = [slice(None)] * rank
-    tail[axis] = slice(1, None)
-    previous = ops.concatenate([x[tuple(first)], x[tuple(head)]], axis=axis)
-    following = ops.concatenate([x[tuple(tail)], x[tuple(last)]], axis=axis)
-    phases = []
-    for phase in range(factor):
-        # Output voxel factor*i + phase sits at input coordinate i + offset.
-        offset = (phase + 0.5) / factor - 0.5
-        if offset < 0:
-            phases.append(x * (1.0 + offset) + previous * (-offset))
-        elif offset > 0:
-            phases.append(x * (1.0 - offset) + following * offset)
-        else:
-            phases.append(x)
-    stacked = ops.stack(phases, axis=axis + 1)
-    shape = ops.shape(x)
-    new_shape = [shape[i] for i in range(rank)]
-    new_shape[axis] = shape[axis] * factor
-    return ops.reshape(stacked, new_shape)
+def _resize_bilinear(images, height, width):
+    """`tf.image.resize` bilinear (half-pixel centres, edges replicated) of [n, h, w, c], keeping the dtype."""
+    resized = tf.image.resize(images, tf.stack([height, width]), method="bilinear")
+    return ops.cast(resized, images.dtype)
 
 
 def context_aggregation(
