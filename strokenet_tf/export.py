@@ -77,6 +77,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # TensorFlow's SavedModel writer logs INFO lines per function and file; the summary below is what matters.
+    verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         config = config_from_flags(flag_values)
@@ -85,6 +86,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
         _fail(str(error))
     except OSError as error:
         _fail(f"{error.filename or flag_values.export_base}: {error.strerror or error}")
+    finally:
+        absl_logging.set_verbosity(verbosity)
     difference = ("" if result.max_probability_difference is None
                   else f", max |probability difference| vs Segmenter {result.max_probability_difference:.2g}")
     print(f"Exported {config.model_dir} ({config.source}) as {config.model_name} version {result.version}: "

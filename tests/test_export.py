@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from absl import logging as absl_logging
 from tensorflow.core.protobuf import saved_model_pb2
 
 import serving_double
@@ -251,8 +252,10 @@ def test_existing_version_is_refused_without_overwrite(exported, run_dir, capsys
 ])
 def test_bad_flags_give_one_line_errors(run_dir, tmp_path, capsys, flag, value, expected):
     values = {"model_dir": run_dir, "export_base": str(tmp_path), flag: value}
+    verbosity = absl_logging.get_verbosity()
     with pytest.raises(SystemExit) as exit_info:
         export.main(["export"], _flag_values(**values))
+    assert absl_logging.get_verbosity() == verbosity  # other tests' log capture is left alone
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("strokenet_tf.export: error: ") and expected in error
