@@ -321,3 +321,44 @@ def test_mixed_float16_model_exports_float32_signatures(tmp_path, make_case):
     float32_probabilities, _ = inference.Segmenter(
         reference, isles.DEFAULT_CHANNELS, serving_fixtures.MODEL_CONFIG.required_multiples).predict_case(case)
     np.testing.assert_allclose(outputs["probabilities"].numpy()[0], float32_probabilities, rtol=0, atol=1e-2)
+
+
+def _batching_parameters_class():
+    """tensorflow.serving.BatchingParameters (session_bundle_config.proto; tensorflow-serving-api does not ship
+    it), built from its field list so the text file is parsed by protobuf itself."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    proto = descriptor_pb2.FileDescriptorProto(name="batching_parameters_test.proto", package="tensorflow.serving",
+                                               syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+    message = proto.message_type.add(name="BatchingParameters")
+    field = descriptor_pb2.FieldDescriptorProto
+    wrapped = [("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
+               ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
+               ("thread_pool_name", 5, "StringValue")]
+    for name, number, wrapper in wrapped:
+        message.field.add(name=name, number=number, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
+                          type_name=f".google.protobuf.{wrapper}")
+    message.field.add(name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED)
+    message.field.add(name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def test_deployment_files_parse_as_tf_serving_protos():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    folder = export_lib.deployment_dir()
+    assert folder is not None and os.path.isfile(os.path.join(folder, "README.md"))
+    with open(os.path.join(folder, "models.config"), encoding="utf-8") as stream:
+        config = text_format.Parse(stream.read(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == ("strokenet", "/models/strokenet", "tensorflow")
+    assert model.model_version_policy.latest.num_versions == 1
+    with open(os.path.join(folder, "batching_parameters.txt"), encoding="utf-8") as stream:
+        batching = text_format.Parse(stream.read(), _batching_parameters_class()())
+    # Whole slabs of different sizes are never merged or padded (see the file's comments).
+    assert batching.max_batch_size.value == 1 and not batching.pad_variable_length_inputs
+    assert batching.num_batch_threads.value >= 1 and batching.max_enqueued_batches.value >= 1
