@@ -230,6 +230,9 @@ def test_version_names_follow_tf_serving(tmp_path):
         (base / name).mkdir(parents=True)
     (base / "9").write_text("a file, not a version folder")
     assert export_lib.existing_versions(str(base)) == [1, 3] and export_lib.next_version(str(base)) == 4
+    (base / "003").mkdir()  # TF-Serving reads it as version 3 too: never add a second folder for 3
+    with pytest.raises(export_lib.ExportError, match="version 3 already exists as folder '003'"):
+        export_lib.export_segmenter(None, str(base), 3, {}, overwrite=True)
 
 
 def test_existing_version_is_refused_without_overwrite(exported, run_dir, capsys):

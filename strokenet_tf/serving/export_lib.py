@@ -225,6 +225,19 @@ def _publish(staging: str, target: str, overwrite: bool) -> None:
         os.close(descriptor)
 
 
+def _refuse_existing(model_base: str, version: int, overwrite: bool) -> None:
+    """Refuses an existing version folder without `overwrite`, and always one spelled otherwise ("007" for 7)."""
+    names = os.listdir(model_base) if os.path.isdir(model_base) else []
+    aliases = [name for name in names if is_version_name(name) and int(name) == version and name != str(version)]
+    if aliases:
+        raise ExportError(f"{model_base}: version {version} already exists as folder {aliases[0]!r}; remove it "
+                          f"or choose another --version")
+    target = os.path.join(model_base, str(version))
+    if os.path.lexists(target) and not overwrite:
+        raise ExportError(f"{target} exists: version {version} is already exported; pass --overwrite to replace "
+                          f"it, or omit --version to take the next free one")
+
+
 def export_segmenter(
     segmenter: inference.Segmenter,
     model_base: str,
@@ -239,12 +252,11 @@ def export_segmenter(
     Returns:
         (version folder, largest |probability difference| found by `verify_export`, or None).
     """
-    target = os.path.join(model_base, str(int(version)))
-    if os.path.lexists(target) and not overwrite:
-        raise ExportError(f"{target} exists: version {version} is already exported; pass --overwrite to replace "
-                          f"it, or omit --version to take the next free one")
+    version = int(version)
+    _refuse_existing(model_base, version, overwrite)
+    target = os.path.join(model_base, str(version))
     os.makedirs(model_base, exist_ok=True)
-    staging = os.path.join(model_base, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}-{int(version)}")
+    staging = os.path.join(model_base, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}-{version}")
     try:
         build_export_archive(segmenter).write_out(staging, verbose=False)
         metadata_lib.write_metadata(staging, metadata)
@@ -272,10 +284,7 @@ def export_run(config: ExportConfig) -> ExportResult:
     start = time.perf_counter()
     model_base = os.path.join(config.export_base, config.model_name)
     version = config.version if config.version is not None else next_version(model_base)
-    target = os.path.join(model_base, str(version))
-    if os.path.lexists(target) and not config.overwrite:  # fail before the slow part
-        raise ExportError(f"{target} exists: version {version} is already exported; pass --overwrite to replace "
-                          f"it, or omit --version to take the next free one")
+    _refuse_existing(model_base, version, config.overwrite)  # before the slow part
     segmenter = inference.Segmenter.from_run(config.model_dir, config.source, config.threshold)
     images = warmup.warmup_images(segmenter.channels, config.warmup_depths, config.warmup_size)
     metadata = metadata_lib.build_metadata(
