@@ -210,3 +210,16 @@ def test_cli_errors_are_one_line(case_dir, tmp_path, capsys, values, expected_er
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("strokenet_tf.serving_client: error: ") and expected_error in error
+
+
+def test_row_format_rest_request_through_the_double(double, case_dir, expected):
+    image = isles.read_case(case_dir).image
+    payload = base64.b64encode(client_lib.serialize_image(image)).decode("ascii")
+    body = {"signature_name": "serialized", "instances": [{"image_bytes": {"b64": payload}}]}
+    status, reply = double.predict_rest(f"/v1/models/{MODEL}/versions/1:predict", json.dumps(body).encode())
+    assert status == 200 and list(reply) == ["predictions"]
+    probabilities, mask = client_lib.parse_rest_response(reply, image.shape[:3])
+    np.testing.assert_array_equal(mask, expected[2])
+    np.testing.assert_allclose(probabilities, expected[1], rtol=0, atol=1e-5)
+    status, reply = double.predict_rest(f"/v1/models/{MODEL}:predict", json.dumps({"inputs": {"x": [1]}}).encode())
+    assert status == 400 and "do not match signature inputs" in reply["error"]
