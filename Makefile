@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # tensorflow-serving-api (TF-Serving protos for export warmup and serving_client) goes in with --no-deps: it
 # requires the full `tensorflow` wheel, which would replace tensorflow-cpu; grpcio and protobuf come with TF.
-$(VENV)/.installed-$(TF_EXTRA): setup.py
+$(VENV)/.installed-$(TF_EXTRA): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(TF_EXTRA),test,serving]"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "tensorflow-serving-api>=2.21,<2.22"
@@ -28,6 +28,7 @@ demo: install
 	$(PY) -m strokenet_tf.benchmarks.pipeline --data_dir $(DEMO_DATA) --num_batches 4
 	$(PY) -m strokenet_tf.train --flagfile=experiments/demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/fold0
 	$(PY) -m strokenet_tf.baselines --model_dir=$(DEMO_RUN)/fold0
+	$(PY) -m strokenet_tf.export --model_dir=$(DEMO_RUN)/fold0 --export_base=$(DEMO_RUN)/export --model_name=strokenet --version=1 --overwrite
 
 test: install
 	$(PY) -m pytest -q tests
