@@ -237,7 +237,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     print(f"Cross-validation, {len(config.folds)} of {config.train.num_folds} folds, {summary['n_cases']} cases "
           f"(per-fold means; mean and std over folds):")
     print(format_cv_table(summary))
-    report = ", ".join(f"{k} {v:.2f}%" for k, v in STROKENET_REPORT.items())
+    report = ", ".join(f"{_HEADERS[k].split()[0]} {v:.2f}%" for k, v in STROKENET_REPORT.items())
     print(f"StrokeNet report (ISLES 2018 training set, 5-fold CV): {report}")
     print(f"Summary: {os.path.join(config.train.model_dir, CV_SUMMARY_JSON)}, "
           f"{os.path.join(config.train.model_dir, CV_SUMMARY_CSV)}; per case: "

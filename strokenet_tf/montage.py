@@ -163,5 +163,6 @@ def _assemble(tiles, column_names, slices, depth, title, with_truth) -> np.ndarr
 def encode_png(rgb: np.ndarray) -> bytes:
     """uint8 [height, width, 3] -> PNG bytes (to be written with `data.atomic.atomic_write_bytes`)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", optimize=True)
+    # zlib level 6 without PIL's `optimize` pass: ~5x faster for ~8% larger files on noisy perfusion maps.
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
