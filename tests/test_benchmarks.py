@@ -73,6 +73,7 @@ def test_inference_benchmark_rows_are_consistent(tmp_path):
         assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"] and row["repeats"] == 2
         assert row["gflops_per_s"] == pytest.approx(row["flops"] / row["median_s"] / 1e9)
         assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / 100.0)
+        assert row["best_fraction_of_peak"] >= row["fraction_of_peak"]
     text = inference_benchmark.format_inference(results)
     assert all(v in text for v in ran) and "4x16x16x5" in text
     with pytest.raises(ValueError, match="unknown inference variant"):
@@ -132,10 +133,13 @@ def test_runner_writes_targets_and_pipeline_flags_stay_separate():
 
 
 def test_targets_use_the_16_slice_rows():
-    rows = [{"variant": v, "depth": d, "median_s": s, "fraction_of_peak": f}
+    rows = [{"variant": v, "depth": d, "median_s": s, "min_s": s / 2, "fraction_of_peak": f,
+             "best_fraction_of_peak": 2 * f}
             for v, d, s, f in [("function", 16, 0.3, 0.2), ("network", 16, 0.2, 0.3), ("function", 2, 0.1, 0.1)]]
     targets = runner.evaluate_targets({"inference": {"device": "CPU", "rows": rows},
                                        "memory": [{"depth": 22, "peak_mib": 3000.0}]})
     assert targets["cpu_seconds_16_slices"] == {"target": 0.5, "measured": 0.3, "met": True}
     assert targets["cpu_fraction_of_peak"]["measured"] == 0.3 and targets["cpu_fraction_of_peak"]["met"] is False
+    assert targets["cpu_fraction_of_peak_fastest"] == {"target": 0.5, "measured": 0.6, "met": True}
+    assert targets["cpu_seconds_16_slices_fastest"]["measured"] == 0.15
     assert targets["peak_rss_mib_22_slices"]["met"] is False and targets["gpu_seconds_16_slices"]["met"] is None

@@ -33,7 +33,9 @@ FLAGS = flags.FLAGS
 PARTS = ("inference", "memory", "training")
 TARGETS = {
     "cpu_seconds_16_slices": 0.5,
+    "cpu_seconds_16_slices_fastest": 0.5,
     "cpu_fraction_of_peak": 0.5,
+    "cpu_fraction_of_peak_fastest": 0.5,
     "peak_rss_mib_22_slices": 2048.0,
     "gpu_seconds_16_slices": 0.05,
 }
@@ -91,7 +93,9 @@ def evaluate_targets(results: dict) -> dict:
     memory = {m["depth"]: m for m in results.get("memory", []) if "error" not in m}
     measured = {
         "cpu_seconds_16_slices": function["median_s"] if function and device == "CPU" else None,
+        "cpu_seconds_16_slices_fastest": function["min_s"] if function and device == "CPU" else None,
         "cpu_fraction_of_peak": network["fraction_of_peak"] if network and device == "CPU" else None,
+        "cpu_fraction_of_peak_fastest": network["best_fraction_of_peak"] if network and device == "CPU" else None,
         "peak_rss_mib_22_slices": memory[22]["peak_mib"] if 22 in memory else None,
         "gpu_seconds_16_slices": min((r["median_s"] for r in (row("function"), row("function_fp16")) if r),
                                      default=None) if device == "GPU" else None,
@@ -99,18 +103,18 @@ def evaluate_targets(results: dict) -> dict:
     targets = {}
     for name, limit in TARGETS.items():
         value = measured[name]
-        met = None if value is None else (value >= limit if name == "cpu_fraction_of_peak" else value <= limit)
+        met = None if value is None else (value >= limit if "fraction" in name else value <= limit)
         targets[name] = {"target": limit, "measured": value, "met": met}
     return targets
 
 
 def format_targets(targets: dict) -> str:
-    lines = [f"{'target':<26}{'goal':>10}{'measured':>12}{'met':>6}"]
+    lines = [f"{'target (median call; fastest call)':<34}{'goal':>10}{'measured':>12}{'met':>6}"]
     for name, entry in targets.items():
-        goal = f">= {entry['target']:g}" if name == "cpu_fraction_of_peak" else f"<= {entry['target']:g}"
+        goal = f">= {entry['target']:g}" if "fraction" in name else f"<= {entry['target']:g}"
         value = "n/a" if entry["measured"] is None else f"{entry['measured']:.3g}"
         met = "n/a" if entry["met"] is None else ("yes" if entry["met"] else "no")
-        lines.append(f"{name:<26}{goal:>10}{value:>12}{met:>6}")
+        lines.append(f"{name:<34}{goal:>10}{value:>12}{met:>6}")
     return "\n".join(lines)
 
 
@@ -169,6 +173,9 @@ def run(flag_values: flags.FlagValues) -> dict:
         print(f"\nTraining ({flag_values.experiment}, {len(prepared)} cases of {flag_values.data_dir})")
         print(training_benchmark.format_training(results["training"]))
 
+    results["machine"]["load_average_1min_at_end"] = machine.environment()["load_average_1min"]
+    print(f"\n1-minute load average: {results['machine']['environment']['load_average_1min']:.2f} at the start, "
+          f"{results['machine']['load_average_1min_at_end']:.2f} at the end (> {peak['cores']} means shared cores)")
     results["targets"] = evaluate_targets(results)
     print("\nTargets (measured, not asserted)")
     print(format_targets(results["targets"]))
