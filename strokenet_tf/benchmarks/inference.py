@@ -40,6 +40,7 @@ from strokenet_tf import inference
 from strokenet_tf.benchmarks import machine
 from strokenet_tf.data import isles, preprocess, synthesize
 from strokenet_tf.model import flops, strokenet
+from strokenet_tf.training import checkpointing
 
 CPU_VARIANTS = ("keras", "function", "function_xla", "saved_model", "network", "network_xla")
 GPU_VARIANTS = CPU_VARIANTS + ("function_fp16", "network_fp16", "network_xla_fp16")
@@ -238,35 +239,50 @@ def benchmark_inference(
 def measure_peak_rss(run_dir: str | None, depth: int, size: int, calls: int = 2, timeout_s: float = 600) -> dict:
     """Peak resident memory of a fresh process that loads the model and segments one slab `calls` times.
 
+    The slab is synthesised here and handed over as a .npy file: synthesis needs far more memory than the slab,
+    and `ru_maxrss` is a high-water mark.
+
     Returns:
-        {"depth", "baseline_mib" (after loading TensorFlow and the model), "peak_mib", "segment_mib" (the
-        difference)}, or {"depth", "error"} when the subprocess failed.
+        {"depth", "baseline_mib" (after loading TensorFlow, the model and the slab), "peak_mib", "segment_mib"
+        (the difference)}, or {"depth", "error"} when the subprocess failed.
     """
-    command = [sys.executable, "-m", "strokenet_tf.benchmarks.inference", str(depth), str(size), str(calls),
-               run_dir or ""]
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environment)
-    except subprocess.TimeoutExpired:
-        return {"depth": depth, "error": f"timed out after {timeout_s:.0f} s"}
+    channels = load_run_channels(run_dir)
+    with tempfile.TemporaryDirectory(prefix="strokenet_rss_") as temporary:
+        image_path = os.path.join(temporary, "slab.npy")
+        np.save(image_path, synthetic_slab(depth, size, channels, seed=depth))
+        command = [sys.executable, "-m", "strokenet_tf.benchmarks.inference", image_path, str(calls), run_dir or ""]
+        environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        try:
+            completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environment)
+        except subprocess.TimeoutExpired:
+            return {"depth": depth, "error": f"timed out after {timeout_s:.0f} s"}
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     if completed.returncode != 0 or not lines:
         tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         return {"depth": depth, "error": f"exit {completed.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    return {"depth": depth, **json.loads(lines[-1])}
+
+
+def load_run_channels(run_dir: str | None) -> tuple[str, ...]:
+    """Channel order of a run (config.json), or the default order for None / a bare .keras file."""
+    config_path = os.path.join(run_dir or "", checkpointing.CONFIG_FILE)
+    if run_dir and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as stream:
+            return tuple(json.load(stream).get("channels", isles.DEFAULT_CHANNELS))
+    return isles.DEFAULT_CHANNELS
 
 
 def _memory_child(argv: Sequence[str]) -> None:
-    """Subprocess body of `measure_peak_rss`: DEPTH SIZE CALLS [RUN_DIR]; prints one JSON line."""
-    depth, size, calls = (int(value) for value in argv[:3])
-    run_dir = argv[3] if len(argv) > 3 and argv[3] else None
+    """Subprocess body of `measure_peak_rss`: IMAGE.npy CALLS [RUN_DIR]; prints one JSON line."""
+    image_path, calls = argv[0], int(argv[1])
+    run_dir = argv[2] if len(argv) > 2 and argv[2] else None
     segmenter, _, _ = load_segmenter(run_dir)
-    image = synthetic_slab(depth, size, segmenter.channels, seed=depth)
+    image = np.load(image_path)
     baseline = machine.peak_rss_mib()
     for _ in range(calls):
         segmenter.predict_image(image)
     peak = machine.peak_rss_mib()
-    print(json.dumps({"depth": depth, "baseline_mib": baseline, "peak_mib": peak, "segment_mib": peak - baseline}))
+    print(json.dumps({"baseline_mib": baseline, "peak_mib": peak, "segment_mib": peak - baseline}))
 
 
 def format_inference(results: dict) -> str:
