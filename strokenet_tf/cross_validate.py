@@ -124,8 +124,7 @@ def run_fold(config: CrossValidationConfig, fold: int, warn=lambda message: None
             "split": fold_config.split, "fold": dataclasses.asdict(spec),
             "empty_score": evaluation.EmptyRules().empty_score,
             "empty_distance": evaluation.EmptyRules().empty_distance, "n_cases": len(rows),
-            "case_ids": [row["case_id"] for row in rows], "failed": [dataclasses.asdict(f) for f in failures],
-            "baseline": None}
+            "case_ids": [row["case_id"] for row in rows], "failed": [dataclasses.asdict(f) for f in failures]}
     evaluation.write_outputs(eval_dir, rows, summary, info)
     return _read_json(str(summary_path))
 

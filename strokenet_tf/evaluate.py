@@ -42,8 +42,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                         "mask is not: zero, one, nan or a number.", **fv)
     flags.DEFINE_string("empty_distance", "nan", "Hausdorff distance when exactly one mask is empty: nan (left out "
                         "of the mean, counted as n_nan), inf, zero or a number in mm.", **fv)
-    flags.DEFINE_boolean("baseline", True, "Also report the best single-map threshold baseline (tuned on the "
-                         "scored cases: optimistic).", **fv)
     flags.DEFINE_boolean("overwrite", False, "Replace existing per_case.csv / summary.json.", **fv)
     flags.DEFINE_boolean("progress", True, "Show a progress bar over cases.", **fv)
     flags.mark_flags_as_required(["model", "output_dir"], flag_values=flag_values)
@@ -65,7 +63,6 @@ class EvaluateConfig:
     patient_map: str | None = None
     empty_score: str | float = "zero"
     empty_distance: str | float = "nan"
-    baseline: bool = True
     overwrite: bool = False
     progress: bool = True
 
@@ -93,7 +90,7 @@ def config_from_flags(flag_values) -> EvaluateConfig:
         num_folds=flag_values.num_folds, seed=flag_values.seed, patient_map=flag_values.patient_map,
         empty_score=_rule(flag_values.empty_score, "empty_score", ("zero", "one", "nan")),
         empty_distance=_rule(flag_values.empty_distance, "empty_distance", ("nan", "inf", "zero")),
-        baseline=flag_values.baseline, overwrite=flag_values.overwrite, progress=flag_values.progress,
+        overwrite=flag_values.overwrite, progress=flag_values.progress,
     )
 
 
@@ -129,9 +126,8 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
                                       "patient_map": config.patient_map})
     case_dirs = evaluation.select_case_dirs(data_dir, split, fold)
     rules = evaluation.EmptyRules(config.empty_score, config.empty_distance)
-    baseline = evaluation.ThresholdBaseline(segmenter.channels) if config.baseline else None
     progress = keras.utils.Progbar(len(case_dirs), verbose=1 if config.progress else 0, unit_name="case")
-    rows, failures = evaluation.evaluate_cases(segmenter, case_dirs, rules, baseline,
+    rows, failures = evaluation.evaluate_cases(segmenter, case_dirs, rules,
                                                on_progress=lambda done, _: progress.update(done), warn=_warn)
     if not rows:
         raise evaluation.EvaluationError(f"no case could be scored ({len(failures)} failed)")
@@ -143,7 +139,6 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
         "empty_score": rules.empty_score, "empty_distance": rules.empty_distance,
         "n_cases": len(rows), "case_ids": [row["case_id"] for row in rows],
         "failed": [dataclasses.asdict(f) for f in failures],
-        "baseline": baseline.result() if baseline is not None else None,
     }
     evaluation.write_outputs(config.output_dir, rows, summary, info)
     return {**info, "metrics": summary}, failures
@@ -171,10 +166,6 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     where = f"fold {fold['fold']} of {fold['num_folds']}" if fold else f"all {document['split']} cases"
     print(f"{document['model']} on {document['n_cases']} case(s) of {document['data_dir']} ({where}):")
     print(evaluation.format_table(document["metrics"]))
-    if document["baseline"]:
-        b = document["baseline"]
-        print(f"best single-map threshold baseline (tuned on these cases): {b['map']} {b['direction']} "
-              f"{b['threshold']:g} (normalised), mean Dice {b['mean_dice']:.4f}")
     paths = evaluation.output_paths(config.output_dir)
     print(f"per-case metrics: {paths['per_case']}; summary: {paths['summary']}")
     if failures:

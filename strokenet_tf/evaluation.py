@@ -14,9 +14,8 @@ Fold selection re-creates the training split (`data.folds.split_folds` over the 
 split, with the run's num_folds, seed and patient map), so `--fold=K` scores exactly the cases that run K held
 out.
 
-Baseline (`ThresholdBaseline`): for honesty, the best single-map threshold on the network's normalised input
-(CBF/CBV/CT below, MTT/Tmax above a threshold, inside the brain mask), with the threshold and map chosen to
-maximise the mean Dice *on the evaluated cases themselves*, i.e. an optimistic upper bound for thresholding.
+The single-map threshold baseline to report beside these numbers is `strokenet_tf.baselines` (fitted on the
+training fold, scored on the same held-out fold).
 """
 
 from __future__ import annotations
@@ -114,8 +113,7 @@ def fold_spec_from_run(run_config: Mapping[str, Any], fold: int, overrides: Mapp
     return FoldSpec(fold=fold, **values)
 
 
-def evaluate_case(segmenter, case_dir, rules: EmptyRules = EmptyRules(),
-                  baseline: "ThresholdBaseline | None" = None) -> dict[str, Any]:
+def evaluate_case(segmenter, case_dir, rules: EmptyRules = EmptyRules()) -> dict[str, Any]:
     """Reads, segments and scores one labelled case: {"case_id", metrics..., "predict_s"}.
 
     Raises:
@@ -129,13 +127,10 @@ def evaluate_case(segmenter, case_dir, rules: EmptyRules = EmptyRules(),
     row.update(metrics.case_metrics(mask, case.label, case.spacing_mm, empty_score=rules.empty_score,
                                     empty_distance=rules.empty_distance))
     row["predict_s"] = predict_s
-    if baseline is not None:
-        baseline.add(case)
     return row
 
 
 def evaluate_cases(segmenter, case_dirs: Sequence, rules: EmptyRules = EmptyRules(),
-                   baseline: "ThresholdBaseline | None" = None,
                    on_progress: Callable[[int, str], None] = lambda done, case_id: None,
                    warn: Callable[[str], None] = lambda message: None) -> tuple[list[dict], list[CaseFailure]]:
     """Scores every case; a case that fails to read is reported through `warn`, skipped and returned."""
@@ -145,7 +140,7 @@ def evaluate_cases(segmenter, case_dirs: Sequence, rules: EmptyRules = EmptyRule
     for done, case_dir in enumerate(case_dirs, start=1):
         case_id = pathlib.Path(case_dir).name
         try:
-            rows.append(evaluate_case(segmenter, case_dir, rules, baseline))
+            rows.append(evaluate_case(segmenter, case_dir, rules))
         except (isles.IslesFormatError, ValueError, OSError, tf.errors.OpError) as error:
             message = " ".join(str(error).split()) or type(error).__name__
             failures.append(CaseFailure(case_id, message))
@@ -226,62 +221,3 @@ def format_table(summary: Mapping[str, Mapping[str, float]], keys: Sequence[str]
             lines.append(f"{key:<18}{s['mean']:>10.4f}{s['std']:>10.4f}{s['median']:>10.4f}{s['n']:>5d}"
                          f"{s['n_nan']:>7d}")
     return "\n".join(lines)
-
-
-# -------------------------------------------------------------------------------------------- baseline
-
-BASELINE_DIRECTIONS = {isles.CT: "below", isles.CBF: "below", isles.CBV: "below", isles.MTT: "above",
-                       isles.TMAX: "above"}
-BASELINE_THRESHOLDS = np.round(np.linspace(-0.5, 1.5, 81), 6)  # the normalised input range, preprocess.CLIP_RANGE
-
-
-class ThresholdBaseline:
-    """Best single-map threshold on the normalised maps (an optimistic baseline: tuned on the scored cases).
-
-    `add` keeps, per case, map and threshold, only three counts (|P & T|, |P|, |T|), so any threshold's Dice is
-    known without reading a case twice.
-    """
-
-    def __init__(self, channels: Sequence[str]):
-        self.maps = [c for c in channels if c in BASELINE_DIRECTIONS]
-        self._counts: list[tuple[np.ndarray, np.ndarray, int]] = []
-
-    def add(self, case: isles.Case) -> None:
-        from strokenet_tf.data import preprocess
-
-        channels = tuple(case.channels)
-        image = case.image
-        normalised = preprocess.normalize_image(image, channels).numpy()
-        brain = preprocess.brain_mask(image, channels).numpy()
-        truth = np.asarray(case.label, bool)
-        both, predicted = [], []
-        for name in self.maps:
-            values = normalised[..., channels.index(name)][brain]
-            lesion = truth[brain]
-            sign = 1.0 if BASELINE_DIRECTIONS[name] == "above" else -1.0
-            # P(t) = #{sign * x >= sign * t}: sorted counts give every threshold at once.
-            keys = np.sort(sign * values)
-            lesion_keys = np.sort(sign * values[lesion])
-            cut = sign * BASELINE_THRESHOLDS
-            predicted.append(keys.size - np.searchsorted(keys, cut, side="left"))
-            both.append(lesion_keys.size - np.searchsorted(lesion_keys, cut, side="left"))
-        self._counts.append((np.array(both), np.array(predicted), int(np.count_nonzero(truth))))
-
-    def mean_dice(self) -> np.ndarray:
-        """Mean Dice over the added cases, float64 [len(self.maps), len(BASELINE_THRESHOLDS)]."""
-        dice = []
-        for both, predicted, true in self._counts:
-            total = predicted + true
-            dice.append(np.where(total > 0, 2.0 * both / np.maximum(total, 1), 1.0))
-        return np.mean(dice, axis=0)
-
-    def result(self) -> dict[str, Any] | None:
-        """{"map", "direction", "threshold", "mean_dice", "n"} of the best map and threshold, or None."""
-        if not self._counts or not self.maps:
-            return None
-        mean = self.mean_dice()
-        m, t = np.unravel_index(int(np.argmax(mean)), mean.shape)
-        name = self.maps[m]
-        return {"map": name, "direction": BASELINE_DIRECTIONS[name], "threshold": float(BASELINE_THRESHOLDS[t]),
-                "mean_dice": float(mean[m, t]), "n": len(self._counts),
-                "note": "threshold and map tuned on the evaluated cases (optimistic); normalised input units"}

@@ -1,5 +1,5 @@
 """Tests for strokenet_tf.evaluate / strokenet_tf.evaluation: the fold split of training, CSV and JSON contents
-consistent with metrics.case_metrics, refusals, a bad case skipped with exit code 1, the threshold baseline."""
+consistent with metrics.case_metrics, refusals, a bad case skipped with exit code 1."""
 
 import csv
 import json
@@ -13,7 +13,7 @@ from absl import flags
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf import evaluate, evaluation, inference, metrics
 from strokenet_tf.config import TrainConfig
-from strokenet_tf.data import isles, pipeline, preprocess, synthesize
+from strokenet_tf.data import isles, pipeline, synthesize
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import loop
 
@@ -57,7 +57,7 @@ def test_command_line_writes_csv_and_json_consistent_with_metrics(tiny_run, tmp_
     out = tmp_path / "eval"
     run_main(f"--model={config.model_dir}", "--fold=1", f"--output_dir={out}", "--noprogress")
     printed = capsys.readouterr().out
-    assert "fold 1 of 3" in printed and "dice" in printed and "best single-map threshold baseline" in printed
+    assert "fold 1 of 3" in printed and "dice" in printed
     with open(out / "per_case.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["case_id"] for row in rows] == result.val_ids
@@ -88,7 +88,6 @@ def test_command_line_writes_csv_and_json_consistent_with_metrics(tiny_run, tmp_
             assert stats["median"] == pytest.approx(np.median(kept), rel=1e-12, abs=1e-12)
         else:
             assert stats["mean"] is None
-    assert summary["baseline"]["map"] in (isles.CT, isles.CBF, isles.CBV, isles.MTT, isles.TMAX)
 
     with pytest.raises(SystemExit) as exit_info:
         run_main(f"--model={config.model_dir}", "--fold=1", f"--output_dir={out}", "--noprogress")
@@ -106,14 +105,14 @@ def test_bad_case_is_skipped_and_exit_code_is_1(tiny_run, tmp_path, capsys):
     shutil.rmtree(label_dir)
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as exit_info:
-        run_main(f"--model={config.model_dir}", f"--data_dir={data}", f"--output_dir={out}", "--nobaseline",
-                 "--noprogress", "--empty_score=nan")
+        run_main(f"--model={config.model_dir}", f"--data_dir={data}", f"--output_dir={out}", "--noprogress",
+                 "--empty_score=nan")
     captured = capsys.readouterr()
     assert exit_info.value.code == 1
     assert "warning: case_2: skipped: case_2: no ground truth (OT)" in captured.err
     assert captured.err.strip().splitlines()[-1].startswith("strokenet_tf.evaluate: error: 1 case(s) failed: case_2")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_cases"] == 5 and summary["fold"] is None and summary["baseline"] is None
+    assert summary["n_cases"] == 5 and summary["fold"] is None
     assert [f["case_id"] for f in summary["failed"]] == ["case_2"] and summary["empty_score"] == "nan"
     assert "case_2" not in (out / "per_case.csv").read_text()
 
@@ -130,27 +129,3 @@ def test_user_errors_are_one_line(tiny_run, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
         assert err.startswith("strokenet_tf.evaluate: error: ") and message in err
-
-
-def test_threshold_baseline_matches_brute_force(make_case):
-    baseline = evaluation.ThresholdBaseline(isles.DEFAULT_CHANNELS)
-    cases = [make_case(depth=3, height=24, width=24, rng=np.random.default_rng(seed)) for seed in range(3)]
-    for case in cases:
-        baseline.add(case)
-    table = baseline.mean_dice()
-    assert table.shape == (5, len(evaluation.BASELINE_THRESHOLDS))
-    for m, name in enumerate(baseline.maps):
-        for t in (10, 35, 60):
-            threshold = evaluation.BASELINE_THRESHOLDS[t]
-            dice = []
-            for case in cases:
-                normalised = preprocess.normalize_image(case.image, case.channels).numpy()[..., m]
-                brain = preprocess.brain_mask(case.image, case.channels).numpy()
-                above = normalised >= threshold
-                if evaluation.BASELINE_DIRECTIONS[name] == "below":
-                    above = normalised <= threshold
-                dice.append(metrics.dice(above & brain, case.label))
-            assert table[m, t] == pytest.approx(np.mean(dice), abs=1e-12), (name, threshold)
-    best = baseline.result()
-    assert best["mean_dice"] == pytest.approx(table.max()) and best["n"] == 3
-    assert best["mean_dice"] > 0.9  # the hand-made lesion is obvious on Tmax/CBF
