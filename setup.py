@@ -17,6 +17,8 @@ setup(
         "numpy>=1.26",
         "nibabel>=5.2",
         "scikit-image>=0.22",
+        # PNG montages (predict); scikit-image pulls it in too, but predict imports it directly.
+        "pillow>=10",
         "scipy>=1.11",
         "absl-py>=2.1",
     ],

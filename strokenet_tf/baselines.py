@@ -109,12 +109,18 @@ def evaluate_threshold_baseline(train_cases: Sequence, val_cases: Sequence, chan
     }
 
 
-flags.DEFINE_string("model_dir", None, "Training run folder: its config.json names the data, fold and channels.")
-flags.DEFINE_string("output", None, "Optional JSON file for the result (default: MODEL_DIR/threshold_baseline.json).")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command's flags (by `__main__` only, so importing this module defines none)."""
+    flags.DEFINE_string("model_dir", None, "Training run folder: its config.json names the data, fold and channels.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("output", None, "Optional JSON file for the result (default: "
+                        "MODEL_DIR/threshold_baseline.json).", flag_values=flag_values)
+    flags.mark_flag_as_required("model_dir", flag_values=flag_values)
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from strokenet_tf.config import ConfigError, TrainConfig
     from strokenet_tf.data import atomic, isles
     from strokenet_tf.training import checkpointing, loop
@@ -141,5 +147,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("model_dir")
+    define_flags()
     app.run(main)

@@ -228,10 +228,10 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         _fail(str(error))
     from strokenet_tf import evaluation, inference
 
-    absl_logging.get_absl_handler().addFilter(train._package_info_filter)
+    absl_logging.get_absl_handler().addFilter(train.package_info_filter)
     try:
         summary = run(config)
-    except train._user_errors() + (evaluation.EvaluationError, inference.ModelLoadError) as error:
+    except train.user_errors() + (evaluation.EvaluationError, inference.ModelLoadError) as error:
         _fail(str(error))
     print(f"Cross-validation, {len(config.folds)} of {config.train.num_folds} folds, {summary['n_cases']} cases "
           f"(per-fold means; mean and std over folds):")

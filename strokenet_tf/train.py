@@ -176,7 +176,7 @@ def config_from_flags(flag_values) -> config_lib.TrainConfig:
     return config.validate()
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
     from strokenet_tf.data import folds
     from strokenet_tf.training import checkpointing, distribute, loop
 
@@ -186,7 +186,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def _package_info_filter(record: logging.LogRecord) -> bool:
+def package_info_filter(record: logging.LogRecord) -> bool:
     """Keeps INFO lines from this package; TensorFlow's own INFO chatter (checkpoint sharding, ...) is dropped."""
     return record.levelno >= logging.WARNING or f"{os.sep}strokenet_tf{os.sep}" in record.pathname
 
@@ -206,13 +206,13 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     # TensorFlow is initialised from here on: devices and the multi-worker runtime come first.
     from strokenet_tf.training import distribute, loop
 
-    absl_logging.get_absl_handler().addFilter(_package_info_filter)
+    absl_logging.get_absl_handler().addFilter(package_info_filter)
 
     try:
         distribute.split_cpu(config.cpu_devices)
         strategy = distribute.make_strategy(config.strategy)
         result = loop.train(config, strategy=strategy)
-    except _user_errors() as error:
+    except user_errors() as error:
         _fail(str(error))
     if distribute.is_chief(strategy):
         print(
