@@ -116,6 +116,7 @@ def test_training_benchmark_one_row_per_stage(tmp_path):
     for row in results["rows"]:
         assert row["mvoxels_per_s"] == pytest.approx(np.prod(row["image_shape"][:4]) * row["steps_per_s"] / 1e6)
         assert row["input_batches_per_s"] > 0 and row["fed_steps_per_s"] > 0 and isinstance(row["input_bound"], bool)
+        assert row["fed_slowdown"] == pytest.approx(1.0 - row["fed_steps_per_s"] * row["step_s"])
     assert "input-bound" in training_benchmark.format_training(results)
 
 

@@ -139,9 +139,16 @@ def gpu_description() -> dict | None:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (`ru_maxrss` is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, MiB.
+
+    /proc/self/status VmHWM where it exists: Linux keeps `ru_maxrss` across fork and exec, so a subprocess of a
+    large parent would report the parent's peak; VmHWM belongs to the process's own address space.
+    """
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0  # kB
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / (1024.0 * 1024.0) if sys.platform == "darwin" else maxrss / 1024.0
+    return maxrss / (1024.0 * 1024.0) if sys.platform == "darwin" else maxrss / 1024.0  # bytes / KiB
 
 
 def environment() -> dict:
