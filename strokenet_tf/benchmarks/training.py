@@ -182,6 +182,7 @@ def format_training(results: dict) -> str:
         lines.append(
             f"{row['stage']:<12}{row['augment']:>4}{row['patch']:>12}{row['steps_per_s']:>9.2f}"
             f"{row['mvoxels_per_s']:>10.2f}{row['input_batches_per_s']:>15.2f}{row['fed_steps_per_s']:>13.2f}"
+            f"{100 * row['fed_slowdown']:>9.0f}%"
             f"{'yes' if row['input_bound'] else 'no':>13}"
         )
     lines.append(f"batch {results['batch_size']}, {results['optimizer']}, mixed precision "
