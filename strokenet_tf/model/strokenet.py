@@ -12,8 +12,8 @@ stride halve depth, and the last stride is in-plane again, (1, 2, 2). Depth is t
 (`required_multiples == (2, 16, 16)`), so a 2-slice slab needs no depth padding. Kernels are (1, 3, 3) at the two
 high-resolution levels and (3, 3, 3) at the deeper, roughly isotropic ones. Full-resolution 3x3x3 convolutions
 are avoided entirely (a single 16 -> 16 one costs ~14.5 GFLOP on a 256 x 256 x 16 slab); the default network
-costs 8.35 GFLOP on a 16 x 256 x 256 x 5 slab (counted by `flops.count_flops`) with 0.55 M parameters. Widths
-(16, 32, 64, 128) would cost 14.0 GFLOP (0.94 M parameters).
+costs 8.22 GFLOP on a 16 x 256 x 256 x 5 slab (counted by `flops.count_flops`; 8.11 of them in Conv3D) with
+0.55 M parameters. Widths (16, 32, 64, 128) would cost 13.9 GFLOP (0.94 M parameters).
 
 Output: logits `[batch, depth, height, width, 1]`, float32 even under a `mixed_float16` policy; the last bias
 starts at log(p / (1 - p)) for a lesion prior p = 0.01 (Lin et al. 2017, focal loss initialisation).
