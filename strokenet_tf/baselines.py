@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from typing import Sequence
 
 import numpy as np
 from absl import app, flags
 
-from strokenet_tf import metrics
+from strokenet_tf import cli, metrics
+
+TOOL = "strokenet_tf.baselines"
 
 NUM_THRESHOLDS = 99
 
@@ -119,8 +120,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     from strokenet_tf.config import ConfigError, TrainConfig
     from strokenet_tf.data import atomic, isles
     from strokenet_tf.training import checkpointing, loop
@@ -128,19 +128,21 @@ def main(argv):
     model_dir = flags.FLAGS.model_dir
     config_path = os.path.join(model_dir or "", checkpointing.CONFIG_FILE)
     if not model_dir or not os.path.isfile(config_path):
-        print(f"strokenet_tf.baselines: error: --model_dir={model_dir}: not a training run (no config.json)",
-              file=sys.stderr)
-        sys.exit(2)
+        cli.fail(TOOL, f"--model_dir={model_dir}: not a training run (no config.json)")
+    output = flags.FLAGS.output or os.path.join(model_dir, "threshold_baseline.json")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        cli.fail(TOOL, f"--output={output}: folder {os.path.dirname(os.path.abspath(output))} does not exist")
     try:
         with open(config_path, encoding="utf-8") as stream:
             config = TrainConfig.from_json(stream.read())
         train_cases, val_cases = loop.load_fold(config)
     except (ConfigError, ValueError, isles.IslesFormatError) as error:
-        print(f"strokenet_tf.baselines: error: {config_path}: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(TOOL, f"{config_path}: {error}")
     result = evaluate_threshold_baseline(train_cases, val_cases, config.channels)
-    output = flags.FLAGS.output or os.path.join(model_dir, "threshold_baseline.json")
-    atomic.atomic_write_text(output, json.dumps(result, indent=2) + "\n")
+    try:
+        atomic.atomic_write_text(output, json.dumps(result, indent=2) + "\n")
+    except OSError as error:
+        cli.fail(TOOL, cli.os_error_line(error, output))
     print(f"Best single-map threshold on fold {config.fold} ({len(train_cases)} training cases): {result['rule']}; "
           f"training Dice {result['train_dice']:.4f}, validation Dice {result['val_dice']:.4f} "
           f"({len(val_cases)} cases). Written to {output}")

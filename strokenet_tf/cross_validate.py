@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 from absl import app, flags
 from absl import logging as absl_logging
 
+from strokenet_tf import cli
 from strokenet_tf import config as config_lib
 from strokenet_tf import metrics
 from strokenet_tf import curriculum as curriculum_lib
@@ -215,13 +216,11 @@ def run(config: CrossValidationConfig) -> dict[str, Any]:
 
 
 def _fail(message: str) -> None:
-    print(f"{TOOL}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(TOOL, message)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     try:
         config = config_from_flags(flag_values)
     except (config_lib.ConfigError, curriculum_lib.CurriculumError) as error:
@@ -233,6 +232,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         summary = run(config)
     except train.user_errors() + (evaluation.EvaluationError, inference.ModelLoadError) as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(cli.os_error_line(error, config.train.model_dir))
     print(f"Cross-validation, {len(config.folds)} of {config.train.num_folds} folds, {summary['n_cases']} cases "
           f"(per-fold means; mean and std over folds):")
     print(format_cv_table(summary))

@@ -14,9 +14,12 @@ Exit codes: 0 done, 1 some case failed (reported and skipped), 2 bad flags or in
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags
+
+from strokenet_tf import cli
 
 FLAGS = flags.FLAGS
 TOOL = "strokenet_tf.evaluate"
@@ -125,6 +128,7 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
             run_config, config.fold, {"num_folds": config.num_folds, "seed": config.seed,
                                       "patient_map": config.patient_map})
     case_dirs = evaluation.select_case_dirs(data_dir, split, fold)
+    os.makedirs(config.output_dir, exist_ok=True)  # an unwritable --output_dir fails here, not after the work
     rules = evaluation.EmptyRules(config.empty_score, config.empty_distance)
     progress = keras.utils.Progbar(len(case_dirs), verbose=1 if config.progress else 0, unit_name="case")
     rows, failures = evaluation.evaluate_cases(segmenter, case_dirs, rules,
@@ -145,13 +149,11 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"{TOOL}: error: {message}", file=sys.stderr)
-    sys.exit(code)
+    cli.fail(TOOL, message, code)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     try:
         config = config_from_flags(flag_values)
     except UsageError as error:
@@ -162,6 +164,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         document, failures = run(config)
     except (UsageError, evaluation.EvaluationError, inference.ModelLoadError) as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(cli.os_error_line(error, config.output_dir))
     fold = document["fold"]
     where = f"fold {fold['fold']} of {fold['num_folds']}" if fold else f"all {document['split']} cases"
     print(f"{document['model']} on {document['n_cases']} case(s) of {document['data_dir']} ({where}):")

@@ -191,11 +191,14 @@ def output_paths(output_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
 
 
 def check_outputs(output_dir: str | os.PathLike, overwrite: bool) -> None:
-    """Refuses existing outputs unless `overwrite`.
+    """Refuses, before any work, an --output_dir that is a file and existing outputs unless `overwrite`.
 
     Raises:
-        EvaluationError: one line naming the file.
+        EvaluationError: one line naming the path.
     """
+    folder = pathlib.Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise EvaluationError(f"--output_dir {folder} exists and is not a folder")
     for path in output_paths(output_dir).values():
         if path.exists() and not overwrite:
             raise EvaluationError(f"output {path} already exists; pass --overwrite to replace it")

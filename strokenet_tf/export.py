@@ -13,12 +13,11 @@ version folder and the `docker run` command that serves it (see export/README.md
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from strokenet_tf import inference
+from strokenet_tf import cli, inference
 from strokenet_tf.serving import export_lib, warmup
 
 FLAGS = flags.FLAGS
@@ -69,13 +68,11 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.Expor
 
 
 def _fail(message: str) -> None:
-    print(f"strokenet_tf.export: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("strokenet_tf.export", message)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments("strokenet_tf.export", argv)
     # TensorFlow's SavedModel writer logs INFO lines per function and file; the summary below is what matters.
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -85,7 +82,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     except (export_lib.ExportError, inference.ModelLoadError) as error:
         _fail(str(error))
     except OSError as error:
-        _fail(f"{error.filename or flag_values.export_base}: {error.strerror or error}")
+        _fail(cli.os_error_line(error, flag_values.export_base))
     finally:
         absl_logging.set_verbosity(verbosity)
     difference = ("" if result.max_probability_difference is None

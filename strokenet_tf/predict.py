@@ -16,10 +16,12 @@ or inputs that stop the whole run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags
 
+from strokenet_tf import cli
 from strokenet_tf import montage as montage_lib
 from strokenet_tf.data import isles
 
@@ -82,6 +84,24 @@ class UsageError(ValueError):
     """Bad flag combination; one line."""
 
 
+def _check_paths(model: str, input_path: str | None, files: dict, output_dir: str) -> None:
+    """Refuses missing paths before TensorFlow loads, so a typo fails in a fraction of a second."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
+    if not os.path.exists(model):
+        raise UsageError(f"--model {model}: no such model folder or file")
+    if input_path is not None and not os.path.isdir(input_path):
+        if os.path.exists(input_path):
+            raise UsageError(f"--input {input_path} is a file; give a case folder, or one case's maps as --ct --cbf "
+                             "--cbv --mtt --tmax")
+        raise UsageError(f"--input {input_path}: no such folder (give a case folder or a folder of case folders)")
+    flag_of = {modality: name for name, modality in MODALITY_FLAGS.items()}
+    for modality, path in files.items():
+        if not os.path.isfile(path):
+            problem = "is a folder; expected a NIfTI file" if os.path.exists(path) else "no such file"
+            raise UsageError(f"--{flag_of[modality]} {path}: {problem}")
+
+
 def config_from_flags(flag_values) -> PredictConfig:
     files = {modality: flag_values[name].value for name, modality in MODALITY_FLAGS.items()
              if flag_values[name].value is not None}
@@ -95,6 +115,7 @@ def config_from_flags(flag_values) -> PredictConfig:
     threshold = flag_values.threshold
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise UsageError(f"--threshold must be in (0, 1), got {threshold}")
+    _check_paths(flag_values.model, flag_values.input, files, flag_values.output_dir)
     return PredictConfig(
         model=flag_values.model, output_dir=flag_values.output_dir, model_source=flag_values.model_source,
         threshold=threshold, input=flag_values.input, files=files, case_id=flag_values.case_id,
@@ -143,13 +164,11 @@ def run(config: PredictConfig, segmenter=None):
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"{TOOL}: error: {message}", file=sys.stderr)
-    sys.exit(code)
+    cli.fail(TOOL, message, code)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     try:
         config = config_from_flags(flag_values)
     except UsageError as error:
@@ -160,6 +179,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         reports, failures = run(config)
     except (UsageError, prediction.PredictError, inference.ModelLoadError) as error:
         _fail(str(error))
+    except OSError as error:  # e.g. an --output_dir that cannot be created
+        _fail(cli.os_error_line(error, config.output_dir))
     for report in reports:
         outputs = report["outputs"]
         shown = f"mask {outputs['mask']}" + (f", montage {outputs['montage']}" if "montage" in outputs else "")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 from absl import app, flags
 
+from strokenet_tf import cli
 from strokenet_tf.data import isles
 
 FLAGS = flags.FLAGS
@@ -134,13 +134,11 @@ def run(config: ClientConfig) -> dict:
 
 
 def _fail(message: str) -> None:
-    print(f"strokenet_tf.serving_client: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("strokenet_tf.serving_client", message)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments("strokenet_tf.serving_client", argv)
     from strokenet_tf.serving import client_lib
 
     try:
@@ -148,7 +146,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     except (ClientError, isles.IslesFormatError, client_lib.ServingError, ValueError) as error:
         _fail(str(error))
     except OSError as error:
-        _fail(f"{error.filename or flag_values.output}: {error.strerror or error}")
+        _fail(cli.os_error_line(error, flag_values.output))
     print(f"{summary['case_id']}: {summary['lesion_voxels']} lesion voxels of {summary['shape']} -> "
           f"{summary['output']}")
 

@@ -14,16 +14,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from strokenet_tf import cli
 from strokenet_tf import config as config_lib
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf.data import isles
 
 FLAGS = flags.FLAGS
+TOOL = "strokenet_tf.train"
 MODEL_FLAGS = ("widths", "blocks_per_stage", "refinement_width", "norm")
 
 
@@ -134,6 +135,8 @@ def config_from_flags(flag_values) -> config_lib.TrainConfig:
     Raises:
         config_lib.ConfigError / curriculum.CurriculumError: one line naming the flag.
     """
+    if flag_values.model_dir and os.path.exists(flag_values.model_dir) and not os.path.isdir(flag_values.model_dir):
+        raise config_lib.ConfigError(f"--model_dir={flag_values.model_dir}: exists and is not a folder")
     patch_size = curriculum_lib.parse_patch_size(flag_values.patch_size, "--patch_size")
     if flag_values.stage:
         if flag_values["epochs"].present:
@@ -192,13 +195,11 @@ def package_info_filter(record: logging.LogRecord) -> bool:
 
 
 def _fail(message: str) -> None:
-    print(f"strokenet_tf.train: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(TOOL, message)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     try:
         config = config_from_flags(flag_values)
     except (config_lib.ConfigError, curriculum_lib.CurriculumError) as error:
@@ -214,6 +215,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         result = loop.train(config, strategy=strategy)
     except user_errors() as error:
         _fail(str(error))
+    except OSError as error:  # an unwritable --model_dir, a full disk, ...
+        _fail(cli.os_error_line(error, config.model_dir))
     if distribute.is_chief(strategy):
         print(
             f"Finished {result.epochs_done} epochs ({result.global_step} steps). Best validation Dice "

@@ -35,7 +35,10 @@ import nibabel as nib
 import numpy as np
 from absl import app, flags, logging
 
+from strokenet_tf import cli
 from strokenet_tf.data import isles, phantom
+
+TOOL = "strokenet_tf.data.synthesize"
 
 DEFAULT_DEPTHS: tuple[int, ...] = (2, 4, 8, 16, 22)
 STORAGES: tuple[str, ...] = ("physical", "isles")
@@ -273,10 +276,14 @@ def run(config: SynthesisConfig) -> list[pathlib.Path]:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = config_from_flags(flags.FLAGS)
-    case_dirs = run(config)
+    cli.reject_arguments(TOOL, argv)
+    try:
+        config = config_from_flags(flags.FLAGS)
+        case_dirs = run(config)
+    except (app.UsageError, ValueError) as error:  # bad flag values, a folder this generator did not write
+        cli.fail(TOOL, str(error))
+    except OSError as error:  # --output_dir is a file, or cannot be created
+        cli.fail(TOOL, cli.os_error_line(error, flags.FLAGS.output_dir))
     print(f"wrote {len(case_dirs)} {config.split} cases to {pathlib.Path(config.output_dir) / config.split}")
 
 
