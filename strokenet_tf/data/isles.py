@@ -10,6 +10,20 @@ Values come back in physical units (scl_slope/scl_inter applied); NaN/Inf voxels
 counted. Anything else unexpected raises `IslesFormatError` with one line naming the case and file.
 `write_nifti_like` writes a prediction back in the exact geometry of the case's inputs.
 
+Odd inputs, as tested in tests/test_isles.py and tests/test_fuzz_inputs.py (the reader never writes to them):
+- Accepted: any integer or real voxel type (int8 ... int64, uint8 ... uint16, float32, float64), read as
+  float32 values; slabs of any depth including 1 slice (the network pads depth and crops back); trailing
+  singleton axes ((x, y, z, 1, 1) reads as (x, y, z)); a 3D CT_4DPWI file (used as its own time summary).
+- Replaced and counted: NaN/Inf voxels, and float64 values beyond the float32 range, become 0 (logged; a
+  map that is all NaN reads as all 0).
+- Labels: voxels > 0 are lesion; values other than 0 and 1 (2, 255, 0.5, -1) are logged with their count.
+- Refused with `IslesFormatError`: unreadable, empty, header-only, truncated or random-byte files; .nii.gz
+  files whose gzip stream is damaged or fails its CRC32/length check (the whole stream is read to its end);
+  complex, RGB, 1-bit or unknown voxel types; 2D files, 4D/5D files where 3D is expected (other than trailing
+  singletons); empty (0) or negative dimensions and headers claiming more than `MAX_VOXELS` voxels (refused
+  before anything is allocated); voxel sizes that are 0, negative, NaN, Inf or outside `VOXEL_SIZE_RANGE_MM`;
+  non-finite or singular affines; maps of one case whose shapes or affines differ.
+
 Axis convention used everywhere in this package: NIfTI arrays are indexed (i, j, k) = (x, y, z);
 the network sees [depth, height, width, channels] = (k, j, i, c). `nifti_to_network` and
 `network_to_nifti` are the only place that conversion is written.
@@ -18,6 +32,7 @@ the network sees [depth, height, width, channels] = (k, j, i, c). `nifti_to_netw
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import pathlib
 import re
@@ -104,6 +119,10 @@ SPLITS: tuple[str, ...] = ("TRAINING", "TESTING")
 PWI_SUMMARIES: tuple[str, ...] = ("max", "mean")
 # Largest difference between the affines of one case's files that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
+# Voxel sizes outside this range (mm) come from a broken header, not a CT scanner; volumes in mL would be nonsense.
+VOXEL_SIZE_RANGE_MM = (0.01, 100.0)
+# More voxels than this in one file (4 GiB as float32) is a damaged header; refused before anything is allocated.
+MAX_VOXELS = 2**30
 
 # "SMIR.Brain.XX.O.CT_CBF.345563" -> modality "CT_CBF", id "345563". Anchored at the end so that
 # "CT" never matches "CT_CBF" and the prefix before ".O." may vary.
@@ -273,6 +292,20 @@ class _Volume:
     nonfinite: int
 
 
+def _check_gzip_stream(path: pathlib.Path) -> None:
+    """Reads a .gz file to its end, so that gzip checks its CRC32 and length trailer.
+
+    nibabel stops reading once it has the voxels it needs, so damage that deflate cannot notice by itself
+    (incompressible data travels in stored blocks, copied byte for byte) would otherwise come back as voxels.
+
+    Raises:
+        gzip.BadGzipFile, EOFError, zlib.error: the stream is damaged or cut short.
+    """
+    with gzip.open(path, "rb") as stream:
+        while stream.read(1 << 22):
+            pass
+
+
 def _read_volume(path, case_id: str, modality: str, pwi_summary: str) -> _Volume:
     """Reads one file as float32 (x, y, z) in physical units (scl_slope/scl_inter applied)."""
     path = pathlib.Path(path)
@@ -280,13 +313,20 @@ def _read_volume(path, case_id: str, modality: str, pwi_summary: str) -> _Volume
     if not path.is_file():
         raise IslesFormatError(f"{where} does not exist")
     try:
-        image = nib.load(str(path))
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header problems; the error below says it
+            image = nib.load(str(path))
     except Exception as error:  # nibabel raises many types for damaged headers.
         raise IslesFormatError(f"{where} is not a readable NIfTI file ({_one_line(error, path)})") from error
     if not isinstance(image, nib.Nifti1Pair):
         raise IslesFormatError(f"{where} is a {type(image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
 
     full_shape = tuple(int(n) for n in image.shape)
+    if any(n < 1 for n in full_shape):
+        raise IslesFormatError(f"{where} has shape {full_shape}, with an empty dimension; expected at least one voxel "
+                               "along each axis")
+    if np.prod(full_shape, dtype=np.float64) > MAX_VOXELS:
+        raise IslesFormatError(f"{where} has shape {full_shape} in its header ({np.prod(full_shape, dtype=np.float64):.3g} "
+                               f"voxels); more than {MAX_VOXELS} voxels is not a CT perfusion map")
     expected_ndim = 4 if modality == PWI else 3
     ndim = len(full_shape)
     while ndim > expected_ndim and full_shape[ndim - 1] == 1:
@@ -304,6 +344,11 @@ def _read_volume(path, case_id: str, modality: str, pwi_summary: str) -> _Volume
     if not all(np.isfinite(z) and z > 0 for z in stored):
         shown = tuple(round(float(z), 6) for z in stored)
         raise IslesFormatError(f"{where} has voxel size {shown} mm in its header; expected positive finite sizes")
+    low, high = VOXEL_SIZE_RANGE_MM
+    if not all(low <= z <= high for z in stored):
+        shown = tuple(float(f"{float(z):.6g}") for z in stored)
+        raise IslesFormatError(f"{where} has voxel size {shown} mm in its header; expected sizes between {low:g} "
+                               f"and {high:g} mm")
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
@@ -321,6 +366,8 @@ def _read_volume(path, case_id: str, modality: str, pwi_summary: str) -> _Volume
         proxy = image.dataobj
         raw = np.asanyarray(proxy.get_unscaled()).reshape(full_shape[:ndim])
         slope, inter = float(proxy.slope), float(proxy.inter)
+        if path.name.lower().endswith(".gz"):
+            _check_gzip_stream(path)
     except Exception as error:  # truncated files: OSError, EOFError, zlib.error, ValueError, ...
         raise IslesFormatError(f"{where} cannot be read, corrupt or truncated ({_one_line(error, path)})") from error
     if raw.dtype.kind not in "biuf":
@@ -366,6 +413,16 @@ def _check_same_grid(reference: _Volume, volume: _Volume, case_id: str) -> None:
         )
 
 
+def _warn_non_binary_label(volume: _Volume, case_id: str) -> None:
+    """Logs a label with values other than 0 and 1 (read as lesion where > 0)."""
+    other = int(np.count_nonzero((volume.data != 0) & (volume.data != 1)))
+    if other:
+        values = np.unique(volume.data[(volume.data != 0) & (volume.data != 1)])
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        logging.warning("%s: %s file %s has %d voxel(s) with values other than 0 and 1 (%s); voxels > 0 are read as "
+                        "lesion", case_id, LABEL, volume.path, other, shown)
+
+
 def read_modality_files(
     files: Mapping[str, str | os.PathLike],
     case_id: str,
@@ -408,6 +465,7 @@ def read_modality_files(
         label_volume = _read_volume(label_file, case_id, LABEL, pwi_summary)
         _check_same_grid(reference, label_volume, case_id)
         label = np.ascontiguousarray(nifti_to_network(label_volume.data > 0), dtype=np.uint8)
+        _warn_non_binary_label(label_volume, case_id)
         source_files[LABEL] = str(label_volume.path)
         if label_volume.nonfinite:
             nonfinite[LABEL] = label_volume.nonfinite
