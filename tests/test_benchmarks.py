@@ -146,3 +146,14 @@ def test_targets_use_the_16_slice_rows():
     assert targets["cpu_fraction_of_peak_fastest"] == {"target": 0.5, "measured": 0.6, "met": True}
     assert targets["cpu_seconds_16_slices_fastest"]["measured"] == 0.15
     assert targets["peak_rss_mib_22_slices"]["met"] is False and targets["gpu_seconds_16_slices"]["met"] is None
+
+
+def test_runner_rejects_bad_flags_with_one_line_errors():
+    flag_values = flags.FlagValues()
+    runner.define_flags(flag_values)
+    flag_values(["benchmarks", "--parts=everything"])
+    with pytest.raises(runner.BenchmarkError, match="--parts: unknown everything"):
+        runner.run(flag_values)
+    flag_values(["benchmarks", "--parts=inference", "--depths=2,x"])
+    with pytest.raises(runner.BenchmarkError, match="--depths"):
+        runner.run(flag_values)

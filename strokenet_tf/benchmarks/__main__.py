@@ -24,12 +24,16 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
+from strokenet_tf import cli, curriculum, inference
+from strokenet_tf import config as config_lib
 from strokenet_tf.benchmarks import inference as inference_benchmark
 from strokenet_tf.benchmarks import machine
 from strokenet_tf.benchmarks import training as training_benchmark
+from strokenet_tf.data import folds, isles
 from strokenet_tf.training import loop
 
 FLAGS = flags.FLAGS
+TOOL = "strokenet_tf.benchmarks"
 PARTS = ("inference", "memory", "training")
 TARGETS = {
     "cpu_seconds_16_slices": 0.5,
@@ -39,6 +43,10 @@ TARGETS = {
     "peak_rss_mib_22_slices": 2048.0,
     "gpu_seconds_16_slices": 0.05,
 }
+
+
+class BenchmarkError(ValueError):
+    """Flags the benchmarks cannot run with; the message is one line naming the flag."""
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -123,11 +131,11 @@ def run(flag_values: flags.FlagValues) -> dict:
     parts = set(flag_values.parts)
     unknown = sorted(parts - set(PARTS))
     if unknown:
-        raise app.UsageError(f"--parts: unknown {', '.join(unknown)}; known: {', '.join(PARTS)}")
+        raise BenchmarkError(f"--parts: unknown {', '.join(unknown)}; known: {', '.join(PARTS)}")
     try:
         depths = [int(d) for d in flag_values.depths]
     except ValueError:
-        raise app.UsageError(f"--depths must be integers, got {','.join(flag_values.depths)}") from None
+        raise BenchmarkError(f"--depths must be integers, got {','.join(flag_values.depths)}") from None
     variants = flag_values.variants
     if flag_values.quick:
         parts, depths, variants = {"inference"}, [inference_benchmark.TARGET_DEPTH], ["function", "network"]
@@ -159,7 +167,7 @@ def run(flag_values: flags.FlagValues) -> dict:
                 peak_gflops=None if gpu else peak["peak_gflops"],
             )
         except ValueError as error:
-            raise app.UsageError(f"--variants: {error}") from None
+            raise BenchmarkError(f"--variants: {error}") from None
         inference_results["weights"] = source
         results["inference"] = inference_results
     if "memory" in parts:
@@ -189,14 +197,19 @@ def run(flag_values: flags.FlagValues) -> dict:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     logging.set_verbosity(logging.WARNING)  # the SavedModel export logs every file it writes
-    results = run(FLAGS)
-    if FLAGS.output:
-        with open(FLAGS.output, "w", encoding="utf-8") as stream:
-            json.dump(results, stream, indent=2, default=str)
-        print(f"wrote {FLAGS.output}")
+    try:
+        results = run(FLAGS)
+        if FLAGS.output:
+            with open(FLAGS.output, "w", encoding="utf-8") as stream:
+                json.dump(results, stream, indent=2, default=str)
+            print(f"wrote {FLAGS.output}")
+    except (BenchmarkError, inference.ModelLoadError, isles.IslesFormatError, config_lib.ConfigError,
+            curriculum.CurriculumError, folds.FoldError, loop.TrainingError) as error:
+        cli.fail(TOOL, str(error))
+    except OSError as error:
+        cli.fail(TOOL, cli.os_error_line(error))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from strokenet_tf import cli
 from strokenet_tf.data import augment, isles, pipeline, preprocess
 
 FLAGS = flags.FLAGS
+TOOL = "strokenet_tf.benchmarks.pipeline"
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -181,15 +183,14 @@ def _triple(text: str, flag: str) -> tuple[int, int, int] | None:
     except ValueError:
         values = ()
     if len(values) != 3 or min(values) < 1:
-        raise app.UsageError(f"--{flag}={text}: expected three positive ints depth,height,width")
+        cli.fail(TOOL, f"--{flag}={text}: expected three positive ints depth,height,width")
     return values
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.reject_arguments(TOOL, argv)
     if not FLAGS.data_dir:
-        raise app.UsageError("--data_dir is required (e.g. the output of strokenet_tf.data.synthesize)")
+        cli.fail(TOOL, "--data_dir is required (e.g. the output of strokenet_tf.data.synthesize)")
     overrides = {
         "patch_size": _triple(FLAGS.patch_size, "patch_size"),
         "batch_size": FLAGS.batch_size,
@@ -198,7 +199,7 @@ def main(argv: Sequence[str]) -> None:
         "num_parallel_calls": FLAGS.num_parallel_calls,
     }
     if overrides["multiples"] is None:
-        raise app.UsageError(f"--multiples={FLAGS.multiples}: expected three positive ints")
+        cli.fail(TOOL, f"--multiples={FLAGS.multiples}: expected three positive ints")
     if FLAGS.patches_per_case is not None:
         overrides["patches_per_case"] = FLAGS.patches_per_case
     if FLAGS.foreground_fraction is not None:
@@ -209,15 +210,15 @@ def main(argv: Sequence[str]) -> None:
         for stage in stages:
             augment.strength_of(stage)
     except ValueError as error:
-        raise app.UsageError(f"pipeline flags: {error}") from None
+        cli.fail(TOOL, f"pipeline flags: {error}")
     load_cases = getattr(isles, "load_cases", None)
     if load_cases is None:
-        sys.exit("strokenet_tf.data.isles.load_cases is missing: the ISLES reader is not installed in this checkout")
+        cli.fail(TOOL, "strokenet_tf.data.isles.load_cases is missing: the ISLES reader is not installed here")
     try:
         cases, load_s = _timed(lambda: load_cases(FLAGS.data_dir, channels=FLAGS.channels, split=FLAGS.split,
                                                   require_label=True))
     except isles.IslesFormatError as error:
-        sys.exit(f"--data_dir={FLAGS.data_dir}: {error}")
+        cli.fail(TOOL, f"--data_dir={FLAGS.data_dir}: {error}")
     prepared, prepare_s = _timed(lambda: [preprocess.prepare_case(case, FLAGS.channels) for case in cases])
     with tempfile.TemporaryDirectory(prefix="strokenet_cache_") as temporary:
         cache_dir = FLAGS.cache_dir or os.path.join(temporary, "cases")
