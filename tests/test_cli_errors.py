@@ -5,12 +5,10 @@ parser is accepted as it is: "FATAL Flags parsing error: ..." (one indented line
 followed by its "Pass --helpshort or --helpfull" hint. TensorFlow's C++ start-up log lines are not ours and
 are ignored.
 
-Importing TensorFlow costs seconds per process on a small machine, so the commands run in forked children of
-one driver process that imported TensorFlow, Keras and the package's library modules once (a zygote): each
-child executes the entry point exactly as `python -m` does (`runpy.run_module(..., run_name="__main__",
-alter_sys=True)`), with its own argv, exit status and stderr, and an uncaught exception prints its traceback
-and exits 1 as the interpreter would. `test_zygote_matches_real_python_dash_m` checks that real `python -m`
-processes give the same lines.
+Importing TensorFlow costs seconds per process on a small machine, so the commands run through
+`fork_runner`: forked children of one process that imported TensorFlow once, each executing the entry point as
+`python -m` does, with its own argv, exit status and stderr. `test_fork_runner_matches_real_python_dash_m`
+checks that real `python -m` processes print the same lines.
 
 The benchmark entry points belong to another module owner: their known multi-line failures are `xfail(strict)`
 so that the fix shows up as an XPASS.
@@ -19,23 +17,20 @@ so that the fix shows up as an XPASS.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 
 import pytest
 
+import fork_runner
 from strokenet_tf.data import synthesize
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = fork_runner.REPO
 WORKERS = 2
 ABSL_FLAG_ERROR = "FATAL Flags parsing error:"
 ABSL_HINT = "Pass --helpshort or --helpfull to see help on flags."
-# TensorFlow's C++ logging before absl::InitializeLog (printed whatever TF_CPP_MIN_LOG_LEVEL says).
-_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} \d\d:\d\d:\d\d)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,72 +174,15 @@ def places(tmp_path_factory):
             "out": str(root / "client_out")}
 
 
-ZYGOTE = r"""
-import json, os, runpy, sys, traceback
-import tensorflow, keras  # noqa: F401  (the expensive imports, done once)
-from strokenet_tf import config, evaluation, inference, prediction  # noqa: F401
-from strokenet_tf.serving import client_lib, export_lib  # noqa: F401
-from strokenet_tf.training import loop  # noqa: F401
-jobs, out_dir, workers = json.loads(sys.stdin.read()), sys.argv[1], int(sys.argv[2])
-codes, running = {}, {}
-def reap():
-    pid, status = os.wait()
-    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-for job in jobs:
-    while len(running) >= workers:
-        reap()
-    pid = os.fork()
-    if pid == 0:
-        for fd, name in ((1, "out"), (2, "err")):
-            os.dup2(os.open(os.path.join(out_dir, job["id"] + "." + name), os.O_WRONLY | os.O_CREAT), fd)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        sys.argv, code = [job["module"]] + job["args"], 1
-        sys.modules.pop(job["module"], None)  # as under `python -m`: not imported before it runs as __main__
-        try:
-            runpy.run_module(job["module"], run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-            if not isinstance(exit_.code, (int, type(None))):
-                print(exit_.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    running[pid] = job["id"]
-while running:
-    reap()
-print(json.dumps(codes))
-"""
-
-
-def _environment() -> dict:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 def _arguments(check: Check, places: dict) -> list[str]:
     return [arg.format(**places) for arg in check.args]
 
 
 @pytest.fixture(scope="module")
 def results(places, tmp_path_factory):
-    """Runs every check once in the zygote; id -> CompletedProcess (returncode, stdout, stderr)."""
-    out_dir = tmp_path_factory.mktemp("cli_streams")
-    jobs = [{"id": c.id, "module": c.module, "args": _arguments(c, places)} for c in CHECKS]
-    driver = subprocess.run([sys.executable, "-c", ZYGOTE, str(out_dir), str(WORKERS)], input=json.dumps(jobs),
-                            cwd=REPO, env=_environment(), capture_output=True, text=True, timeout=600)
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    codes = json.loads(driver.stdout.strip().splitlines()[-1])
-    return {c.id: subprocess.CompletedProcess(
-        [c.module, *job["args"]], codes[c.id], (out_dir / f"{c.id}.out").read_text(),
-        (out_dir / f"{c.id}.err").read_text()) for c, job in zip(CHECKS, jobs)}
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without TensorFlow's C++ start-up log lines and blank lines."""
-    return [line for line in stderr.splitlines() if line.strip() and not _TF_NOISE.match(line)]
+    """Runs every check once through the fork runner; id -> CompletedProcess (returncode, stdout, stderr)."""
+    jobs = [fork_runner.Job(c.id, c.module, _arguments(c, places)) for c in CHECKS]
+    return fork_runner.run_jobs(jobs, tmp_path_factory.mktemp("cli_streams"), workers=WORKERS)
 
 
 def assert_one_line_error(check: Check, result: subprocess.CompletedProcess, places: dict) -> str:
@@ -252,7 +190,7 @@ def assert_one_line_error(check: Check, result: subprocess.CompletedProcess, pla
     stderr = result.stderr
     assert result.returncode != 0, f"{check.id}: exit 0\n{stderr}"
     assert "Traceback" not in stderr, stderr
-    lines = error_lines(stderr)
+    lines = fork_runner.error_lines(stderr)
     assert lines, f"{check.id}: nothing on stderr"
     if check.absl:
         # absl: the FATAL line, then one indented line per offending flag when several, then the hint.
@@ -295,11 +233,11 @@ def test_nothing_was_written_for_refused_commands(results, places):
 
 
 @pytest.mark.parametrize("check_id", ["predict-no-model", "export-missing-required", "train-model-dir-is-file"])
-def test_zygote_matches_real_python_dash_m(check_id, results, places):
+def test_fork_runner_matches_real_python_dash_m(check_id, results, places):
     """The harness is faithful: a real `python -m` process prints the same error lines and exit status."""
     check = next(c for c in CHECKS if c.id == check_id)
     real = subprocess.run([sys.executable, "-m", check.module, *_arguments(check, places)], cwd=REPO,
-                          env=_environment(), capture_output=True, text=True, timeout=300)
+                          env=fork_runner.environment(), capture_output=True, text=True, timeout=300)
     assert real.returncode == results[check_id].returncode != 0
-    assert error_lines(real.stderr) == error_lines(results[check_id].stderr)
+    assert fork_runner.error_lines(real.stderr) == fork_runner.error_lines(results[check_id].stderr)
     assert_one_line_error(check, real, places)
