@@ -27,6 +27,7 @@ demo: install
 	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 2 --seed 1 --split TESTING
 	$(PY) -m strokenet_tf.benchmarks.pipeline --data_dir $(DEMO_DATA) --num_batches 4
 	$(PY) -m strokenet_tf.train --flagfile=experiments/demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/fold0
+	$(PY) -m strokenet_tf.benchmarks --quick --run_dir $(DEMO_RUN)/fold0
 	$(PY) -m strokenet_tf.baselines --model_dir=$(DEMO_RUN)/fold0
 	$(PY) -m strokenet_tf.evaluate --model=$(DEMO_RUN)/fold0 --fold=0 --output_dir=$(DEMO_RUN)/fold0/eval_fold0 --overwrite --noprogress
 	$(PY) -m strokenet_tf.export --model_dir=$(DEMO_RUN)/fold0 --export_base=$(DEMO_RUN)/export --model_name=strokenet --version=1 --overwrite
