@@ -9,9 +9,6 @@ Importing TensorFlow costs seconds per process on a small machine, so the comman
 `fork_runner`: forked children of one process that imported TensorFlow once, each executing the entry point as
 `python -m` does, with its own argv, exit status and stderr. `test_fork_runner_matches_real_python_dash_m`
 checks that real `python -m` processes print the same lines.
-
-The benchmark entry points belong to another module owner: their known multi-line failures are `xfail(strict)`
-so that the fix shows up as an XPASS.
 """
 
 from __future__ import annotations
@@ -42,11 +39,10 @@ class Check:
     args: tuple[str, ...]
     needles: tuple[str, ...]
     absl: bool = False  # the error comes from absl's flag parser
-    known_bug: str | None = None  # xfail reason (module owned by someone else)
 
 
-def _c(id_, module, args, *needles, absl=False, known_bug=None):
-    return Check(id_, module, tuple(args), tuple(needles), absl, known_bug)
+def _c(id_, module, args, *needles, absl=False):
+    return Check(id_, module, tuple(args), tuple(needles), absl)
 
 
 TRAIN, CV, SYN, BASE = "strokenet_tf.train", "strokenet_tf.cross_validate", "strokenet_tf.data.synthesize", \
@@ -55,7 +51,6 @@ EVAL, PRED, EXP, CLIENT = "strokenet_tf.evaluate", "strokenet_tf.predict", "stro
     "strokenet_tf.serving_client"
 BENCH, BENCH_PIPE = "strokenet_tf.benchmarks", "strokenet_tf.benchmarks.pipeline"
 TRAIN_OK = ("--data_dir={data}", "--epochs=1", "--tiny_model", "--num_folds=3")
-BENCH_BUG = "strokenet_tf.benchmarks raises app.UsageError (full flag help) or lets exceptions out (traceback)"
 
 CHECKS = [
     # --- train
@@ -146,12 +141,13 @@ CHECKS = [
                                         "--output={tmp}/m.png"], "--output", ".nii"),
     _c("client-unreachable-server", CLIENT, ["--server=localhost:1", "--model=m", "--input={case}",
                                              "--output={out}/m.nii.gz", "--timeout_s=5"], "localhost:1"),
-    # --- benchmarks (owned by another engineer: report, do not fix)
+    # --- benchmarks
     _c("bench-bad-int", BENCH, ["--size=4"], "--size", absl=True),
-    _c("bench-bad-parts", BENCH, ["--parts=everything"], "--parts", known_bug=BENCH_BUG),
-    _c("bench-no-run", BENCH, ["--quick", "--run_dir={missing}"], "{missing}", known_bug=BENCH_BUG),
-    _c("bench-pipeline-missing-data", BENCH_PIPE, [], "--data_dir", known_bug=BENCH_BUG),
+    _c("bench-bad-parts", BENCH, ["--parts=everything"], "--parts"),
+    _c("bench-no-run", BENCH, ["--quick", "--run_dir={missing}"], "{missing}"),
+    _c("bench-pipeline-missing-data", BENCH_PIPE, [], "--data_dir"),
     _c("bench-pipeline-no-data-dir", BENCH_PIPE, ["--data_dir={missing}"], "{missing}"),
+    _c("bench-pipeline-bad-patch", BENCH_PIPE, ["--data_dir={data}", "--patch_size=x"], "--patch_size"),
 ]
 
 
@@ -200,24 +196,19 @@ def assert_one_line_error(check: Check, result: subprocess.CompletedProcess, pla
     else:
         assert len(lines) == 1, f"{check.id}: {len(lines)} lines\n{stderr}"
         text = lines[0]
-        if not check.module.startswith("strokenet_tf.benchmarks"):  # they exit via sys.exit(message): no prefix
-            assert text.startswith(f"{check.module}: error: "), text
+        assert text.startswith(f"{check.module}: error: "), text
     for needle in check.needles:
         assert needle.format(**places) in text, f"{check.id}: {needle!r} not in {text!r}"
     return text
 
 
-@pytest.mark.parametrize("check", [
-    pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.known_bug)] if c.known_bug else [])
-    for c in CHECKS])
+@pytest.mark.parametrize("check", CHECKS, ids=[c.id for c in CHECKS])
 def test_bad_flag_or_path_gives_one_line_and_non_zero_exit(check, results, places):
     assert_one_line_error(check, results[check.id], places)
 
 
 def test_user_errors_exit_2_and_flag_parse_errors_exit_1(results):
     for check in CHECKS:
-        if check.known_bug or check.module.startswith("strokenet_tf.benchmarks"):
-            continue
         assert results[check.id].returncode == (1 if check.absl else 2), check.id
 
 
