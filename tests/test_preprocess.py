@@ -188,3 +188,16 @@ def test_normalize_and_pad_survive_a_saved_model(tmp_path, make_case):
     assert tuple(padded.shape) == (1, 4, 32, 32, 5) and tuple(shape.numpy()) == (3, 20, 24)
     np.testing.assert_allclose(preprocess.crop_to_shape(padded, shape).numpy()[0],
                                preprocess.normalize_image(image, CHANNELS).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 1000])
+def test_masked_percentiles_small_masks_ties_and_both_tails_match_numpy(count):
+    # Ranks come from the smallest values for percentiles <= 50 and from the largest above 50.
+    rng = np.random.default_rng(count)
+    values = rng.normal(size=(1, 2, 600, 3)).astype(np.float32)
+    values[0, 0, :200] = 0.25  # ties
+    mask = np.zeros((1, 2, 600), bool)
+    mask.reshape(-1)[rng.choice(1200, size=count, replace=False)] = True
+    percentiles = (0.0, 1.0, 49.9, 50.0, 50.1, 99.0, 100.0)
+    result = preprocess.masked_percentiles(values, mask, percentiles).numpy()
+    np.testing.assert_allclose(result, np.percentile(values[mask], percentiles, axis=0), rtol=1e-6, atol=1e-6)

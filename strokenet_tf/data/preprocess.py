@@ -113,10 +113,14 @@ def brain_mask(image, channels: Sequence[str]) -> tf.Tensor:
     """
     image = _finite(tf.convert_to_tensor(image, tf.float32))
     _check_rank(image, "brain_mask")
-    channels = _check_channels(image, channels, "brain_mask")
+    return _brain_mask_of_finite(image, _check_channels(image, channels, "brain_mask"))
+
+
+def _brain_mask_of_finite(image: tf.Tensor, channels: tuple[str, ...]) -> tf.Tensor:
     perfusion = [i for i, name in enumerate(channels) if name in isles.PERFUSION_MAPS]
     if perfusion:
-        return tf.reduce_sum(tf.gather(image, perfusion, axis=-1), axis=-1) > 0.0
+        # Adding channel slices is ~3x faster on CPU than gathering them along the last axis first.
+        return tf.add_n([image[..., i] for i in perfusion]) > 0.0
     if isles.CT in channels:
         return image[..., channels.index(isles.CT)] > CT_MASK_THRESHOLD_HU
     return tf.reduce_any(tf.not_equal(image, 0.0), axis=-1)
@@ -139,24 +143,35 @@ def masked_percentiles(values: tf.Tensor, mask: tf.Tensor, percentiles: Sequence
     selected = tf.boolean_mask(values, mask)  # [n, channels]
     count = tf.shape(selected, out_type=tf.int32)[0]
     stride = tf.maximum(1, (count + MAX_PERCENTILE_SAMPLES - 1) // MAX_PERCENTILE_SAMPLES)
-    selected = selected[::stride]
-    count = tf.shape(selected, out_type=tf.int32)[0]
-    ordered = tf.sort(tf.transpose(selected), axis=-1)  # [channels, n]
-    # A trailing zero column makes an empty mask read 0 without a branch; it is never indexed when n > 0.
-    ordered = tf.pad(ordered, [[0, 0], [0, 1]])
-    last = tf.cast(tf.maximum(count - 1, 0), tf.float32)
-    positions = tf.constant([float(p) / 100.0 for p in percentiles], tf.float32) * last
+    columns = tf.transpose(selected[::stride])  # [channels, n]
+    count = tf.shape(columns, out_type=tf.int32)[1]
+    last_index = tf.maximum(count - 1, 0)
+    positions = tf.constant([float(p) / 100.0 for p in percentiles], tf.float32) * tf.cast(last_index, tf.float32)
     lower = tf.floor(positions)
     weight = positions - lower
     lower_index = tf.cast(lower, tf.int32)
-    upper_index = tf.minimum(lower_index + 1, tf.maximum(count - 1, 0))
-    below = tf.gather(ordered, lower_index, axis=-1)  # [channels, len(percentiles)]
-    above = tf.gather(ordered, upper_index, axis=-1)
+    upper_index = tf.minimum(lower_index + 1, last_index)
+    # The order statistics at lower_index and upper_index, without sorting every voxel: the k smallest values
+    # (for percentiles <= 50) and the k largest (above 50) come from top_k, which is several times faster
+    # than a full sort for the 1st/99th percentiles and gives the same values.
+    is_low = tf.constant([float(p) <= 50.0 for p in percentiles])
+    low_k = tf.minimum(count, tf.reduce_max(tf.where(is_low, upper_index + 1, 0)))
+    high_k = tf.minimum(count, tf.reduce_max(tf.where(is_low, 0, count - lower_index)))
+    # A trailing zero column makes an empty mask read 0 without a branch; it is never indexed when n > 0.
+    smallest = tf.pad(-tf.math.top_k(-columns, k=low_k, sorted=True).values, [[0, 0], [0, 1]])  # ascending
+    largest = tf.pad(tf.math.top_k(columns, k=high_k, sorted=True).values, [[0, 0], [0, 1]])  # descending
+
+    def order_statistic(index):  # [len(percentiles)] ascending ranks -> [channels, len(percentiles)]
+        from_low = tf.gather(smallest, tf.where(is_low, index, 0), axis=-1)
+        from_high = tf.gather(largest, tf.where(is_low, 0, tf.maximum(count - 1 - index, 0)), axis=-1)
+        return tf.where(is_low, from_low, from_high)
+
+    below, above = order_statistic(lower_index), order_statistic(upper_index)
     return tf.transpose(below + (above - below) * weight)
 
 
 def _normalize_case(image: tf.Tensor, channels: tuple[str, ...]) -> tf.Tensor:
-    mask = brain_mask(image, channels)
+    mask = _brain_mask_of_finite(image, channels)  # `normalize_image` has replaced non-finite values
     minimum, low, high, maximum = tf.unstack(
         masked_percentiles(image, mask, (0.0,) + tuple(PERCENTILES) + (100.0,)), axis=0
     )  # [channels] each
