@@ -1,7 +1,8 @@
 """SIGKILL during `python -m strokenet_tf.export` and `python -m strokenet_tf.predict` leaves nothing half-written.
 
 Export: killed after the SavedModel is written, while writing warmup requests, while verifying, just before the
-complete (fsynced) staging folder is renamed, between the two renames of an --overwrite, right after publishing,
+complete (fsynced) staging folder is renamed, just before and just after an --overwrite swaps it with the old
+version (and between the two renames of the fallback without an atomic swap), right after publishing,
 and when the k-th file (k seeded at random) appears in the staging folder. Afterwards every integer-named folder under EXPORT_BASE/<model_name>/ (what
 TF-Serving would load) holds exactly the files of a complete export, and rerunning the same command succeeds.
 
@@ -45,9 +46,17 @@ EXPORT_KILLS = {
     "verifying": (_EXPORT_LIB + "export_lib.verify_export = _die\n", (), False),
     "before_rename": (_RENAME.format(body="    if '.tmp-export-' in str(src):\n        _die()\n"
                                           "    return _real_rename(src, dst)"), (), False),
-    "between_overwrite_renames": (_RENAME.format(body="    _real_rename(src, dst)\n"
-                                                      "    if '.tmp-replaced-' in str(dst):\n        _die()"),
-                                  ("--version=1", "--overwrite"), True),
+    "overwrite_before_swap": (_EXPORT_LIB + "export_lib.exchange_paths = _die\n", ("--version=1", "--overwrite"),
+                              True),
+    "overwrite_after_swap": (_EXPORT_LIB + "_real = export_lib.exchange_paths\n"
+                             "export_lib.exchange_paths = lambda a, b: (_real(a, b), _die())\n",
+                             ("--version=1", "--overwrite"), True),
+    # Where the atomic swap is unavailable: the old version is renamed aside, then the new one into place.
+    "overwrite_fallback_between_renames": (_EXPORT_LIB + "export_lib.exchange_paths = lambda a, b: False\n" +
+                                           _RENAME.format(body="    _real_rename(src, dst)\n"
+                                                               "    if '.tmp-replaced-' in str(dst):\n"
+                                                               "        _die()"),
+                                           ("--version=1", "--overwrite"), True),
     "after_publish": (_EXPORT_LIB + "_real = export_lib._publish\n"
                       "export_lib._publish = lambda *a: (_real(*a), _die())\n", (), False),
 }
@@ -170,7 +179,10 @@ def _version_state(model_base: pathlib.Path, reference: str) -> dict:
                 metadata_lib.read_metadata(str(folder))  # parses
                 complete = (folder / "variables" / "variables.index").stat().st_size > 0
             versions[int(name)] = complete
-    return {"versions": versions, "other": [n for n in names if not export_lib.is_version_name(n)]}
+    identical = [int(n) for n in names if export_lib.is_version_name(n)
+                 and _sha256_tree(model_base / n) == _sha256_tree(reference)]
+    return {"versions": versions, "identical_to_reference": identical,
+            "other": [n for n in names if not export_lib.is_version_name(n)]}
 
 
 def _complete(path: pathlib.Path) -> bool:
@@ -214,11 +226,13 @@ def test_killed_export_leaves_no_incomplete_version_and_rerun_succeeds(runs, set
         assert killed.returncode == KILLED, killed.stderr
     assert all(state["versions"].values()), state  # every folder TF-Serving would load is a complete export
     assert all(name.startswith(".tmp-") for name in state["other"]), state  # leftovers are hidden
-    if point == "after_publish":
-        assert state["versions"] == {1: True}
+    if point in ("after_publish", "overwrite_after_swap"):
+        assert state["versions"] == {1: True} and state["identical_to_reference"] == [], state  # the new export
+    elif point == "overwrite_before_swap":
+        assert state["versions"] == {1: True} and state["identical_to_reference"] == [1], state  # the old one
     elif not point.startswith("random_"):
-        # Killed before the rename: no version; killed between the renames of --overwrite: the old version 1
-        # is set aside (hidden), the new one not yet in place, so TF-Serving sees no version 1 at all.
+        # Killed before the rename: no version. The fallback for --overwrite without an atomic swap, killed
+        # between its renames: the old version 1 is set aside (hidden), so TF-Serving sees no version 1.
         assert state["versions"] == {}, state
     rerun = runs["reruns"][f"rerun-export-{point}"]
     assert rerun.returncode == 0, rerun.stderr

@@ -9,7 +9,9 @@ crop and threshold, with dynamic depth/height/width and float32 in and out even 
 A version folder appears only when it is complete: everything is built in a hidden sibling
 `.tmp-export-<id>-<version>` (TF-Serving only loads children whose names parse as integers, see
 `is_version_name`), verified by reloading it and replaying its warmup requests, flushed to disk and then
-renamed into place. A killed export leaves at most that hidden folder, never a half-written version.
+renamed into place (an --overwrite swaps it with the old version in one atomic step where Linux's
+renameat2 RENAME_EXCHANGE is available). A killed export leaves at most hidden folders, never a half-written
+version.
 
 Example:
     >>> result = export_run(ExportConfig(model_dir="runs/fold0", export_base="exports"))
@@ -19,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import os
 import pathlib
 import re
@@ -203,16 +207,41 @@ def verify_export(version_dir: str, segmenter: inference.Segmenter,
     return difference
 
 
+def exchange_paths(first: str, second: str) -> bool:
+    """Swaps two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE).
+
+    Returns False, having changed nothing, where the C library, kernel or file system cannot do it.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), second)
+
+
 def _publish(staging: str, target: str, overwrite: bool) -> None:
-    """Renames the complete staging folder to the version folder (replacing it only with `overwrite`)."""
+    """Renames the complete staging folder to the version folder (replacing it only with `overwrite`).
+
+    An existing version is swapped with the staging folder in one atomic step where the system allows it, so
+    TF-Serving sees the old version or the new one, never none; elsewhere it is renamed aside first.
+    """
     base = os.path.dirname(target)
     if os.path.lexists(target):
         if not overwrite:
             raise ExportError(f"{target} appeared while exporting; nothing was replaced")
-        retired = os.path.join(base, f"{_RETIRED_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(target)}")
-        os.rename(target, retired)
-        os.rename(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        if exchange_paths(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old version
+        else:
+            retired = os.path.join(base, f"{_RETIRED_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(target)}")
+            os.rename(target, retired)
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
     else:
         try:
             os.rename(staging, target)
