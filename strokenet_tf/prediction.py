@@ -181,14 +181,20 @@ def check_outputs(inputs: Sequence[CaseInput], options: OutputOptions) -> None:
         raise PredictError(f"output {existing[0]} already exists{more}; pass --overwrite to replace it")
 
 
-def read_input(case_input: CaseInput, channels: Sequence[str]) -> isles.Case:
-    """Reads the maps a model needs, in its channel order (labels are read when present, for the montage).
+def read_input(case_input: CaseInput, channels: Sequence[str],
+               warn: Callable[[str], None] = lambda message: None) -> isles.Case:
+    """Reads the maps a model needs, in its channel order (labels are read when present, for the montage; a
+    damaged label is reported through `warn` and left out, since predicting does not need it).
 
     Raises:
         isles.IslesFormatError: one line naming the case and file.
     """
     if case_input.files is None:
-        return isles.read_case(case_input.case_dir, channels)
+        try:
+            return isles.read_case(case_input.case_dir, channels)
+        except isles.LabelFormatError as error:
+            warn(f"{error}; predicting without it (no outline in the montage)")
+            return isles.read_case(case_input.case_dir, channels, read_label=False)
     missing = [c for c in channels if c not in case_input.files]
     if missing:
         raise isles.IslesFormatError(f"{case_input.case_id}: missing modality {', '.join(missing)} "
@@ -223,7 +229,7 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
         isles.IslesFormatError, ValueError, OSError: one line; nothing of this case is left half-written.
     """
     started = time.perf_counter()
-    case = read_input(case_input, segmenter.channels)
+    case = read_input(case_input, segmenter.channels, warn)
     for modality, count in case.nonfinite_voxels.items():
         warn(f"{case.case_id}: replaced {count} NaN/Inf voxels by 0 in {modality} file "
              f"{case.source_files[modality]}")

@@ -115,7 +115,7 @@ def run(config: ClientConfig) -> dict:
     from strokenet_tf.data import preprocess
     from strokenet_tf.serving import client_lib
 
-    case = isles.read_case(config.input, config.channels)
+    case = isles.read_case(config.input, config.channels, read_label=False)  # the label plays no part here
     image = preprocess.select_channels(case, config.channels)
     client = client_lib.ServingClient(
         config.server, config.model, protocol=config.protocol, version=config.version, signature=config.signature,

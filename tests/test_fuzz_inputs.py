@@ -278,6 +278,17 @@ def test_binary_label_reads_without_warning(tmp_path, caplog):
     assert case.label.any() and not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_damaged_label_is_a_label_error_and_can_be_left_out(tmp_path):
+    paths = write_case(tmp_path / "case_1", _rng("bad-label"))
+    _label_four_dimensional(paths, None)
+    with pytest.raises(isles.LabelFormatError, match=f"case_1: OT file .*{paths[isles.LABEL].name}"):
+        isles.read_case(tmp_path / "case_1")
+    case = isles.read_case(tmp_path / "case_1", read_label=False)
+    assert case.label is None and isles.LABEL not in case.source_files and case.image.shape == (2, 18, 20, 5)
+    with pytest.raises(ValueError, match="require_label needs read_label"):
+        isles.read_case(tmp_path / "case_1", require_label=True, read_label=False)
+
+
 def test_three_dimensional_pwi_is_used_as_its_own_summary(tmp_path):
     paths = write_case(tmp_path / "case_1", _rng("pwi"))
     pwi = _rng("pwi-values").uniform(0, 100, SHAPE).astype(np.float32)
@@ -303,6 +314,9 @@ def _write_mixed_folder(root) -> dict[str, str]:
         case_paths = write_case(root / f"case_{index}", _rng(f"bad-{index}"))
         modality = damage(case_paths, _rng(f"bad-{index}/damage"))
         expected[f"case_{index}"] = case_paths[modality].name
+    paths = write_case(root / "case_12", _rng("bad-label"))
+    write_nifti(paths[isles.LABEL], np.zeros(SHAPE[:2], np.uint8))
+    expected["case_12"] = "ok"  # a 2D label: reported, predicted without it
     paths = write_case(root / "case_11", _rng("mismatch"))
     shifted = AFFINE.copy()
     shifted[1, 3] += 3.0
@@ -337,6 +351,7 @@ def test_predict_folder_run_writes_good_cases_skips_bad_ones_and_never_touches_i
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"strokenet_tf.predict: error: {len(bad)} of {len(expected)} case(s) failed: ")
     assert "replaced 720 NaN/Inf voxels by 0 in CT_CBF file" in result.stderr
+    assert "warning: case_12: OT file " in result.stderr and "predicting without it" in result.stderr
     for case in (c for c, outcome in expected.items() if outcome == "ok"):
         report = json.loads((out / case / f"{case}_report.json").read_text())
         source = nib.load(report["inputs"][isles.CT])

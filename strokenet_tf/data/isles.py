@@ -17,6 +17,8 @@ Odd inputs, as tested in tests/test_isles.py and tests/test_fuzz_inputs.py (the 
 - Replaced and counted: NaN/Inf voxels, and float64 values beyond the float32 range, become 0 (logged; a
   map that is all NaN reads as all 0).
 - Labels: voxels > 0 are lesion; values other than 0 and 1 (2, 255, 0.5, -1) are logged with their count.
+  A damaged OT file raises `LabelFormatError` (an `IslesFormatError`); `read_case(..., read_label=False)`
+  leaves it alone, which is what predict does for such a case (with a warning).
 - Refused with `IslesFormatError`: unreadable, empty, header-only, truncated or random-byte files; .nii.gz
   files whose gzip stream is damaged or fails its CRC32/length check (the whole stream is read to its end);
   complex, RGB, 1-bit or unknown voxel types; 2D files, 4D/5D files where 3D is expected (other than trailing
@@ -61,6 +63,10 @@ ALL_MODALITIES: tuple[str, ...] = (CT, PWI, CBF, CBV, MTT, TMAX, LABEL)
 
 class IslesFormatError(ValueError):
     """Bad input in an ISLES-style case; the message is one line naming the case and file."""
+
+
+class LabelFormatError(IslesFormatError):
+    """The case's ground truth (OT) file is bad; its maps may still be usable (e.g. to predict)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,7 +448,8 @@ def read_modality_files(
         A `Case` with image float32 [depth, height, width, channels] in physical or stored units.
 
     Raises:
-        IslesFormatError: unreadable file, wrong dimensionality, bad geometry, or files on different grids.
+        IslesFormatError: unreadable file, wrong dimensionality, bad geometry, or files on different grids;
+            `LabelFormatError` when only the label file is at fault.
     """
     if pwi_summary not in PWI_SUMMARIES:
         raise ValueError(f"pwi_summary must be one of {', '.join(PWI_SUMMARIES)}; got {pwi_summary!r}")
@@ -462,8 +469,11 @@ def read_modality_files(
 
     label = None
     if label_file is not None:
-        label_volume = _read_volume(label_file, case_id, LABEL, pwi_summary)
-        _check_same_grid(reference, label_volume, case_id)
+        try:
+            label_volume = _read_volume(label_file, case_id, LABEL, pwi_summary)
+            _check_same_grid(reference, label_volume, case_id)
+        except IslesFormatError as error:
+            raise LabelFormatError(str(error)) from error
         label = np.ascontiguousarray(nifti_to_network(label_volume.data > 0), dtype=np.uint8)
         _warn_non_binary_label(label_volume, case_id)
         source_files[LABEL] = str(label_volume.path)
@@ -489,6 +499,7 @@ def read_case(
     channels: Sequence[str] = DEFAULT_CHANNELS,
     require_label: bool = False,
     pwi_summary: str = "max",
+    read_label: bool = True,
 ) -> Case:
     """Reads one ISLES case folder.
 
@@ -497,21 +508,25 @@ def read_case(
         channels: modalities to stack, in order; may include "CT_4DPWI" (summarised over time).
         require_label: raise when the case has no OT; otherwise `Case.label` is None then.
         pwi_summary: "max" or "mean" over time for a CT_4DPWI channel.
+        read_label: False leaves the OT file alone (`Case.label` None), even when it is damaged.
 
     Raises:
-        IslesFormatError: one line naming the case and file (missing modality, mismatched grids, ...).
+        IslesFormatError: one line naming the case and file (missing modality, mismatched grids, ...);
+            `LabelFormatError` when only the OT file is at fault.
     """
     channels = tuple(channels)
     if not channels or len(set(channels)) != len(channels):
         raise ValueError(f"channels must be distinct modality names; got {channels}")
+    if require_label and not read_label:
+        raise ValueError("require_label needs read_label")
     case_dir = pathlib.Path(case_dir)
     case_id = case_dir.name
-    files = find_modality_files(case_dir, modalities=channels + (LABEL,))
+    files = find_modality_files(case_dir, modalities=channels + ((LABEL,) if read_label else ()))
     found = ", ".join(sorted(files))
     missing = [c for c in channels if c not in files]
     if missing:
         raise IslesFormatError(f"{case_id}: missing modality {', '.join(missing)} in {case_dir}; found {found}")
-    label_file = files.get(LABEL)
+    label_file = files.get(LABEL) if read_label else None
     if require_label and label_file is None:
         raise IslesFormatError(f"{case_id}: no ground truth ({LABEL}) in {case_dir}; found {found}")
     return read_modality_files({c: files[c] for c in channels}, case_id, label_file, pwi_summary)
