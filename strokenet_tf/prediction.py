@@ -13,7 +13,9 @@ forward pass), and write, each file atomically (temporary file + rename):
 `<case>` is the case folder's path relative to the input folder (so TRAINING/case_1 and TESTING/case_1 of one
 root do not collide), or the case id for a single case. The report is written last: its presence means the
 case finished. Existing outputs are refused unless `overwrite`; nothing is ever written into an input case
-folder or over an input file. A case that fails is reported and skipped; the others still run.
+folder or over an input file. A case that fails is reported and skipped; the others still run. A run killed
+mid-case leaves only complete files under final names (plus hidden temporaries, removed when the case is
+predicted again).
 """
 
 from __future__ import annotations
@@ -240,6 +242,8 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
     started = time.perf_counter()
     paths = output_paths(case_input, options)
     paths["mask"].parent.mkdir(parents=True, exist_ok=True)
+    for path in paths.values():  # left by a run that was killed while writing this case
+        atomic.remove_stale_temporaries(path)
     isles.write_nifti_like(mask.astype(np.uint8), case, paths["mask"], dtype=np.uint8)
     if "probability" in paths:
         isles.write_nifti_like(probabilities.astype(np.float32), case, paths["probability"], dtype=np.float32)

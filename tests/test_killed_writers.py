@@ -262,6 +262,7 @@ def test_killed_predict_leaves_only_complete_files_and_rerun_completes(runs, set
     assert rerun.returncode == 0, rerun.stderr
     final = _prediction_state(setting["root"] / "predictions" / point)
     assert final["incomplete"] == [] and final["reports_missing_outputs"] == []
+    assert final["hidden"] == []  # the killed run's temporaries were removed when their case was redone
     assert sorted(n for n in final["visible"] if n.endswith("_report.json")) == [
         f"case_{k}/case_{k}_report.json" for k in (1, 2, 3)]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import uuid
 from typing import Iterator
 
@@ -60,6 +61,23 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[pathlib
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[pathlib.Path]:
+    """Removes the temporary siblings of `path` that a killed writer left behind; returns what it removed.
+
+    Only for writers that own `path` exclusively: another process writing `path` at this moment would lose
+    its temporary file.
+    """
+    target = pathlib.Path(path)
+    pattern = re.compile(re.escape(_TEMP_PREFIX) + r"[0-9a-f]{12}-" + re.escape(target.name))
+    removed = []
+    if target.parent.is_dir():
+        for sibling in target.parent.iterdir():
+            if pattern.fullmatch(sibling.name) and sibling.is_file():
+                sibling.unlink(missing_ok=True)
+                removed.append(sibling)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> pathlib.Path:
