@@ -51,3 +51,13 @@ def build_case(depth=4, height=32, width=32, rng=None, case_id="case_1", lesion=
 def make_case():
     """Factory fixture: make_case(depth, height, width, rng=None, **kwargs) -> isles.Case (see `build_case`)."""
     return build_case
+
+
+def write_tiny_training_set(tmp_path_factory, size: int = 32) -> str:
+    """Six labelled synthetic cases of 2-4 slices of size x size (the trainer tests' dataset); returns the root."""
+    from strokenet_tf.data import synthesize
+
+    root = tmp_path_factory.mktemp("isles")
+    synthesize.write_dataset(str(root), num_cases=6, seed=0, split="TRAINING", size=size, depths=(2, 4),
+                             with_pwi=False)
+    return str(root)

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_tiny_training_set
 
-from strokenet_tf.data import synthesize
 from strokenet_tf.model import strokenet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,10 +19,7 @@ TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("isles")
-    synthesize.write_dataset(str(root), num_cases=6, seed=0, split="TRAINING", size=SIZE, depths=(2, 4),
-                             with_pwi=False)
-    return str(root)
+    return write_tiny_training_set(tmp_path_factory, size=SIZE)
 
 
 def _train_command(data_dir, model_dir, *extra):

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_tiny_training_set
 
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf.config import TrainConfig
-from strokenet_tf.data import pipeline, synthesize
+from strokenet_tf.data import pipeline
 from strokenet_tf.data.preprocess import PreparedCase
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import checkpointing, loop, summaries, validation
@@ -27,10 +28,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("isles")
-    synthesize.write_dataset(str(root), num_cases=6, seed=0, split="TRAINING", size=SIZE, depths=(2, 4),
-                             with_pwi=False)
-    return str(root)
+    return write_tiny_training_set(tmp_path_factory, size=SIZE)
 
 
 def make_config(data_dir, model_dir, **overrides) -> TrainConfig:
