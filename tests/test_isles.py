@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from strokenet_tf.data import atomic, isles, synthesize
+from strokenet_tf.data import isles, synthesize
 
 SHAPE = (8, 6, 3)  # NIfTI (x, y, z)
 AFFINE = np.array([[-0.9, 0, 0, 90.0], [0, 0.9, 0, -100.0], [0, 0, 5.0, -20.0], [0, 0, 0, 1]])
@@ -373,32 +373,3 @@ def test_write_nifti_like_refuses_inputs_and_bad_shapes(tmp_path):
         isles.write_nifti_like(np.zeros((3, 6, 7)), case, tmp_path / "x.nii")
     with pytest.raises(ValueError, match=r"\.nii or \.nii\.gz"):
         isles.write_nifti_like(case.label, case, tmp_path / "x.mha")
-
-
-def test_atomic_path_replaces_or_leaves_no_trace(tmp_path):
-    target = tmp_path / "result.json"
-    atomic.atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError):
-        with atomic.atomic_path(target) as temporary:
-            assert temporary.parent == tmp_path and temporary.name.endswith("result.json")
-            temporary.write_text("half")
-            raise RuntimeError("writer crashed")
-    assert target.read_text() == "old"
-    assert os.listdir(tmp_path) == ["result.json"]
-    atomic.atomic_write_bytes(target, b"new")
-    assert target.read_text() == "new" and os.listdir(tmp_path) == ["result.json"]
-    with pytest.raises(FileNotFoundError):
-        atomic.atomic_write_text(tmp_path / "missing" / "x.txt", "x")
-
-
-def test_remove_stale_temporaries_removes_only_the_targets_leftovers(tmp_path):
-    target = tmp_path / "case_1_mask.nii.gz"
-    stale = atomic.temporary_sibling(target)
-    stale.write_bytes(b"half")
-    others = [tmp_path / ".tmp-0123456789ab-case_1_report.json", tmp_path / ".tmp-short-case_1_mask.nii.gz",
-              tmp_path / "case_1_mask.nii.gz"]
-    for path in others:
-        path.write_text("keep")
-    assert atomic.remove_stale_temporaries(target) == [stale]
-    assert not stale.exists() and all(path.read_text() == "keep" for path in others)
-    assert atomic.remove_stale_temporaries(tmp_path / "absent" / "x.nii") == []
