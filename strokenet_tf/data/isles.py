@@ -8,7 +8,8 @@ The reader matches files by the modality field of their names (ids are arbitrary
 CT_CBF), accepts TRAINING/training, .nii and .nii.gz, and case folders holding the .nii files directly.
 Values come back in physical units (scl_slope/scl_inter applied); NaN/Inf voxels become 0 and are
 counted. Anything else unexpected raises `IslesFormatError` with one line naming the case and file.
-`write_nifti_like` writes a prediction back in the exact geometry of the case's inputs.
+`write_nifti_like` writes a prediction back in the exact geometry of the case's inputs. Each file is read and
+checked by `nifti_volume.read_volume`; this module finds the files, assembles cases and checks their grids.
 
 Odd inputs, as tested in tests/test_isles.py and tests/test_fuzz_inputs.py (the reader never writes to them):
 - Accepted: any integer or real voxel type (int8 ... int64, uint8 ... uint16, float32, float64), read as
@@ -34,7 +35,6 @@ the network sees [depth, height, width, channels] = (k, j, i, c). `nifti_to_netw
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
 import pathlib
 import re
@@ -43,9 +43,19 @@ from typing import Any, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 from absl import logging
-from nibabel.openers import ImageOpener
 
 from strokenet_tf.data import atomic
+from strokenet_tf.data.nifti_volume import (  # noqa: F401  (re-exported: part of this module's API)
+    AFFINE_TOLERANCE_MM,
+    MAX_VOXELS,
+    VOXEL_SIZE_RANGE_MM,
+    IslesFormatError,
+    LabelFormatError,
+    Volume,
+    check_same_grid,
+    one_line_error,
+    read_volume,
+)
 
 CT = "CT"
 CBF = "CT_CBF"
@@ -59,14 +69,6 @@ LABEL = "OT"
 DEFAULT_CHANNELS: tuple[str, ...] = (CT, CBF, CBV, MTT, TMAX)
 PERFUSION_MAPS: tuple[str, ...] = (CBF, CBV, MTT, TMAX)
 ALL_MODALITIES: tuple[str, ...] = (CT, PWI, CBF, CBV, MTT, TMAX, LABEL)
-
-
-class IslesFormatError(ValueError):
-    """Bad input in an ISLES-style case; the message is one line naming the case and file."""
-
-
-class LabelFormatError(IslesFormatError):
-    """The case's ground truth (OT) file is bad; its maps may still be usable (e.g. to predict)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,13 +125,6 @@ def spacing_to_network(zooms_xyz) -> tuple[float, float, float]:
 
 SPLITS: tuple[str, ...] = ("TRAINING", "TESTING")
 PWI_SUMMARIES: tuple[str, ...] = ("max", "mean")
-# Largest difference between the affines of one case's files that still counts as the same grid.
-AFFINE_TOLERANCE_MM = 1e-3
-# Voxel sizes outside this range (mm) come from a broken header, not a CT scanner; volumes in mL would be nonsense.
-VOXEL_SIZE_RANGE_MM = (0.01, 100.0)
-# More voxels than this in one file (4 GiB as float32) is a damaged header; refused before anything is allocated.
-MAX_VOXELS = 2**30
-
 # "SMIR.Brain.XX.O.CT_CBF.345563" -> modality "CT_CBF", id "345563". Anchored at the end so that
 # "CT" never matches "CT_CBF" and the prefix before ".O." may vary.
 _MODALITY_PATTERN = re.compile(r"\.O\.(?P<mod>[A-Za-z0-9_]+)\.(?P<id>\d+)$")
@@ -160,14 +155,6 @@ def parse_modality_name(name: str) -> str | None:
         return None
     modality = match.group("mod")
     return _CANONICAL_MODALITY.get(modality.lower(), modality)
-
-
-def _one_line(error: BaseException, path: pathlib.Path | None = None) -> str:
-    text = " ".join(str(error).split())
-    if path is not None:  # the message already names the file; don't repeat its folder
-        text = text.replace(str(path), path.name)
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _natural_key(path: pathlib.Path) -> tuple:
@@ -286,140 +273,7 @@ def find_modality_files(
     return {m: files[0] for m, files in found.items() if files and m not in problems}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Volume:
-    data: np.ndarray  # float32 (x, y, z)
-    shape: tuple[int, ...]  # spatial shape (x, y, z)
-    affine: np.ndarray
-    zooms: tuple[float, float, float]
-    header: Any
-    path: pathlib.Path
-    modality: str
-    nonfinite: int
-
-
-def _check_gzip_stream(path: pathlib.Path) -> None:
-    """Reads a .gz file to its end, so that gzip checks its CRC32 and length trailer.
-
-    nibabel stops reading once it has the voxels it needs, so damage that deflate cannot notice by itself
-    (incompressible data travels in stored blocks, copied byte for byte) would otherwise come back as voxels.
-
-    Raises:
-        gzip.BadGzipFile, EOFError, zlib.error: the stream is damaged or cut short.
-    """
-    with gzip.open(path, "rb") as stream:
-        while stream.read(1 << 22):
-            pass
-
-
-def _read_volume(path, case_id: str, modality: str, pwi_summary: str) -> _Volume:
-    """Reads one file as float32 (x, y, z) in physical units (scl_slope/scl_inter applied)."""
-    path = pathlib.Path(path)
-    where = f"{case_id}: {modality} file {path}"
-    if not path.is_file():
-        raise IslesFormatError(f"{where} does not exist")
-    try:
-        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header problems; the error below says it
-            image = nib.load(str(path))
-    except Exception as error:  # nibabel raises many types for damaged headers.
-        raise IslesFormatError(f"{where} is not a readable NIfTI file ({_one_line(error, path)})") from error
-    if not isinstance(image, nib.Nifti1Pair):
-        raise IslesFormatError(f"{where} is a {type(image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
-
-    full_shape = tuple(int(n) for n in image.shape)
-    if any(n < 1 for n in full_shape):
-        raise IslesFormatError(f"{where} has shape {full_shape}, with an empty dimension; expected at least one voxel "
-                               "along each axis")
-    if np.prod(full_shape, dtype=np.float64) > MAX_VOXELS:
-        raise IslesFormatError(f"{where} has shape {full_shape} in its header ({np.prod(full_shape, dtype=np.float64):.3g} "
-                               f"voxels); more than {MAX_VOXELS} voxels is not a CT perfusion map")
-    expected_ndim = 4 if modality == PWI else 3
-    ndim = len(full_shape)
-    while ndim > expected_ndim and full_shape[ndim - 1] == 1:
-        ndim -= 1
-    if ndim < 3 or ndim > expected_ndim:
-        expected = "a 4D time series (x, y, z, t)" if modality == PWI else "a 3D volume (x, y, z)"
-        raise IslesFormatError(f"{where} has shape {full_shape} ({ndim}D); expected {expected}")
-
-    # nibabel silently replaces zero or negative pixdim by its fix-ups on load: check the stored values.
-    try:
-        with ImageOpener(str(path)) as handle:
-            stored = type(image.header).from_fileobj(handle, check=False)["pixdim"][1:4]
-    except Exception as error:
-        raise IslesFormatError(f"{where} has an unreadable header ({_one_line(error, path)})") from error
-    if not all(np.isfinite(z) and z > 0 for z in stored):
-        shown = tuple(round(float(z), 6) for z in stored)
-        raise IslesFormatError(f"{where} has voxel size {shown} mm in its header; expected positive finite sizes")
-    low, high = VOXEL_SIZE_RANGE_MM
-    if not all(low <= z <= high for z in stored):
-        shown = tuple(float(f"{float(z):.6g}") for z in stored)
-        raise IslesFormatError(f"{where} has voxel size {shown} mm in its header; expected sizes between {low:g} "
-                               f"and {high:g} mm")
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)):
-        raise IslesFormatError(f"{where} has a non-finite affine (NaN or Inf in qform/sform)")
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise IslesFormatError(f"{where} has a singular affine; expected a voxel-to-world transform")
-    affine_mm = np.linalg.norm(affine[:3, :3], axis=0)
-    if not np.allclose(affine_mm, zooms, rtol=1e-3, atol=1e-4):
-        logging.warning(
-            "%s: voxel size in the header %s mm differs from the affine's %s mm; spacing uses the header",
-            where, tuple(round(z, 4) for z in zooms), tuple(round(float(z), 4) for z in affine_mm),
-        )
-
-    try:
-        proxy = image.dataobj
-        raw = np.asanyarray(proxy.get_unscaled()).reshape(full_shape[:ndim])
-        slope, inter = float(proxy.slope), float(proxy.inter)
-        if path.name.lower().endswith(".gz"):
-            _check_gzip_stream(path)
-    except Exception as error:  # truncated files: OSError, EOFError, zlib.error, ValueError, ...
-        raise IslesFormatError(f"{where} cannot be read, corrupt or truncated ({_one_line(error, path)})") from error
-    if raw.dtype.kind not in "biuf":
-        raise IslesFormatError(f"{where} stores {raw.dtype}; expected integer or real voxels")
-
-    if ndim == 4:
-        if pwi_summary == "mean":
-            raw = raw.mean(axis=3, dtype=np.float64)
-        else:  # "max" of the scaled series; a negative slope turns the raw minimum into the maximum.
-            raw = raw.max(axis=3) if slope >= 0 else raw.min(axis=3)
-    with np.errstate(over="ignore", invalid="ignore"):
-        data = raw.astype(np.float32)
-        if slope != 1.0 or inter != 0.0:
-            data = (raw.astype(np.float64) * slope + inter).astype(np.float32)
-    bad = ~np.isfinite(data)
-    nonfinite = int(np.count_nonzero(bad))
-    if nonfinite:
-        data[bad] = 0.0
-        logging.warning("%s: replaced %d non-finite (NaN/Inf) voxels by 0 in %s file %s", case_id, nonfinite, modality, path)
-    return _Volume(
-        data=data,
-        shape=data.shape,
-        affine=affine,
-        zooms=zooms,
-        header=image.header.copy(),
-        path=path,
-        modality=modality,
-        nonfinite=nonfinite,
-    )
-
-
-def _check_same_grid(reference: _Volume, volume: _Volume, case_id: str) -> None:
-    where = f"{case_id}: {volume.modality} file {volume.path}"
-    if volume.shape != reference.shape:
-        raise IslesFormatError(
-            f"{where} has shape {volume.shape}; expected {reference.shape} like {reference.modality} file {reference.path}"
-        )
-    difference = float(np.max(np.abs(volume.affine - reference.affine)))
-    if difference > AFFINE_TOLERANCE_MM:
-        raise IslesFormatError(
-            f"{where} has an affine that differs by up to {difference:.3g} mm from {reference.modality} file "
-            f"{reference.path}; expected the same voxel grid"
-        )
-
-
-def _warn_non_binary_label(volume: _Volume, case_id: str) -> None:
+def _warn_non_binary_label(volume: Volume, case_id: str) -> None:
     """Logs a label with values other than 0 and 1 (read as lesion where > 0)."""
     other = int(np.count_nonzero((volume.data != 0) & (volume.data != 1)))
     if other:
@@ -457,11 +311,11 @@ def read_modality_files(
         raise ValueError(f"{case_id}: no modality files given")
     if LABEL in files:
         raise ValueError(f"{case_id}: {LABEL} is the label; pass it as label_file, not as a channel")
-    volumes: list[_Volume] = []
+    volumes: list[Volume] = []
     for modality, path in files.items():
-        volume = _read_volume(path, case_id, modality, pwi_summary)
+        volume = read_volume(path, case_id, modality, 4 if modality == PWI else 3, pwi_summary)
         if volumes:
-            _check_same_grid(volumes[0], volume, case_id)
+            check_same_grid(volumes[0], volume, case_id)
         volumes.append(volume)
     reference = volumes[0]
     source_files = {v.modality: str(v.path) for v in volumes}
@@ -470,8 +324,8 @@ def read_modality_files(
     label = None
     if label_file is not None:
         try:
-            label_volume = _read_volume(label_file, case_id, LABEL, pwi_summary)
-            _check_same_grid(reference, label_volume, case_id)
+            label_volume = read_volume(label_file, case_id, LABEL, 3, pwi_summary)
+            check_same_grid(reference, label_volume, case_id)
         except IslesFormatError as error:
             raise LabelFormatError(str(error)) from error
         label = np.ascontiguousarray(nifti_to_network(label_volume.data > 0), dtype=np.uint8)
@@ -568,7 +422,7 @@ def _reference_header(reference: Case):
         return nib.load(str(path)).header
     except Exception as error:
         raise IslesFormatError(
-            f"{reference.case_id}: cannot read reference header from {path} ({_one_line(error)})"
+            f"{reference.case_id}: cannot read reference header from {path} ({one_line_error(error)})"
         ) from error
 
 
