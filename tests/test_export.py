@@ -8,6 +8,7 @@ mixed_float16 model.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -233,6 +234,28 @@ def test_version_names_follow_tf_serving(tmp_path):
     (base / "003").mkdir()  # TF-Serving reads it as version 3 too: never add a second folder for 3
     with pytest.raises(export_lib.ExportError, match="version 3 already exists as folder '003'"):
         export_lib.export_segmenter(None, str(base), 3, {}, overwrite=True)
+
+
+def test_scratch_folders_of_dead_exports_on_this_host_are_removed_and_others_kept(tmp_path):
+    base = tmp_path / "strokenet"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid, host = int(finished.stdout), socket.gethostname()
+    names = {
+        "dead_here": f".tmp-export-0123456789ab-{dead_pid}@{host}-3",
+        "dead_retired": f".tmp-replaced-0123456789ab-{dead_pid}@{host}-1",
+        "alive_here": f".tmp-export-0123456789ab-{os.getpid()}@{host}-4",
+        "dead_elsewhere": f".tmp-export-0123456789ab-{dead_pid}@not-{host}-5",
+        "unknown_origin": ".tmp-export-0123456789ab-6",
+        "version": "2",
+    }
+    for name in names.values():
+        (base / name).mkdir(parents=True)
+    removed = export_lib.remove_abandoned_scratch(str(base))
+    assert sorted(removed) == sorted(str(base / names[key]) for key in ("dead_here", "dead_retired"))
+    assert sorted(os.listdir(base)) == sorted(names[key] for key in
+                                              ("alive_here", "dead_elsewhere", "unknown_origin", "version"))
+    assert export_lib.remove_abandoned_scratch(str(tmp_path / "absent")) == []
 
 
 def test_existing_version_is_refused_without_overwrite(exported, run_dir, capsys):

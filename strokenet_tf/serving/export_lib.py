@@ -7,11 +7,12 @@ graph: NaN cleaning, per-case normalisation, padding to the network's multiples,
 crop and threshold, with dynamic depth/height/width and float32 in and out even for a mixed_float16 model.
 
 A version folder appears only when it is complete: everything is built in a hidden sibling
-`.tmp-export-<id>-<version>` (TF-Serving only loads children whose names parse as integers, see
+`.tmp-export-<id>-<pid>@<host>-<version>` (TF-Serving only loads children whose names parse as integers, see
 `is_version_name`), verified by reloading it and replaying its warmup requests, flushed to disk and then
 renamed into place (an --overwrite swaps it with the old version in one atomic step where Linux's
 renameat2 RENAME_EXCHANGE is available). A killed export leaves at most hidden folders, never a half-written
-version.
+version, and the next export into the same model folder removes those whose process (named in the folder
+name) no longer runs on this host (`remove_abandoned_scratch`).
 
 Example:
     >>> result = export_run(ExportConfig(model_dir="runs/fold0", export_base="exports"))
@@ -28,6 +29,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import time
 import uuid
 from typing import Any, Sequence
@@ -44,6 +46,9 @@ SERVING_IMAGE = "tensorflow/serving:latest-gpu"
 PROBABILITY_TOLERANCE = 1e-5
 _STAGING_PREFIX = ".tmp-export-"
 _RETIRED_PREFIX = ".tmp-replaced-"
+# "<prefix><id>-<pid>@<host>-<version>": the process that made a scratch folder, so a later export can tell an
+# abandoned one (its process is gone) from one another export is still writing. Hosts may contain "-".
+_SCRATCH_PATTERN = re.compile(r"^\.tmp-(?:export|replaced)-[0-9a-f]{12}-(?P<pid>\d+)@(?P<host>.+)-\d+$")
 _MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # TF-Serving reads a child folder as a version when strings::safe_strto64 accepts its name: optional
 # surrounding whitespace, an optional sign, decimal digits.
@@ -225,6 +230,41 @@ def exchange_paths(first: str, second: str) -> bool:
     raise OSError(error, os.strerror(error), second)
 
 
+def _scratch_path(model_base: str, prefix: str, version_name: str) -> str:
+    """A hidden sibling of the version folders, named after this process (see `_SCRATCH_PATTERN`)."""
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    return os.path.join(model_base, f"{prefix}{uuid.uuid4().hex[:12]}-{owner}-{version_name}")
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned_scratch(model_base: str) -> list[str]:
+    """Removes scratch folders left under `model_base` by exports killed on this host; returns their paths.
+
+    Only folders named by `_scratch_path` whose host is this one and whose process no longer runs are removed:
+    a folder of a running export, of another host (shared file systems) or of unknown origin stays.
+    """
+    removed = []
+    host = socket.gethostname()
+    for name in sorted(os.listdir(model_base)) if os.path.isdir(model_base) else []:
+        match = _SCRATCH_PATTERN.match(name)
+        if match is None or match["host"] != host or _process_running(int(match["pid"])):
+            continue
+        path = os.path.join(model_base, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
+
+
 def _publish(staging: str, target: str, overwrite: bool) -> None:
     """Renames the complete staging folder to the version folder (replacing it only with `overwrite`).
 
@@ -238,7 +278,7 @@ def _publish(staging: str, target: str, overwrite: bool) -> None:
         if exchange_paths(staging, target):
             shutil.rmtree(staging, ignore_errors=True)  # now the old version
         else:
-            retired = os.path.join(base, f"{_RETIRED_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(target)}")
+            retired = _scratch_path(base, _RETIRED_PREFIX, os.path.basename(target))
             os.rename(target, retired)
             os.rename(staging, target)
             shutil.rmtree(retired, ignore_errors=True)
@@ -285,7 +325,8 @@ def export_segmenter(
     _refuse_existing(model_base, version, overwrite)
     target = os.path.join(model_base, str(version))
     os.makedirs(model_base, exist_ok=True)
-    staging = os.path.join(model_base, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}-{version}")
+    remove_abandoned_scratch(model_base)
+    staging = _scratch_path(model_base, _STAGING_PREFIX, str(version))
     try:
         build_export_archive(segmenter).write_out(staging, verbose=False)
         metadata_lib.write_metadata(staging, metadata)
