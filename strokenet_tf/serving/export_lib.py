@@ -155,11 +155,16 @@ def _fsync_tree(directory: str) -> None:
         for name in files:
             with open(os.path.join(root, name), "rb") as handle:
                 os.fsync(handle.fileno())
-        descriptor = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        _fsync_folder(root)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flushes a folder's entries (a rename inside it is durable once this returns)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _max_difference(expected: dict, actual: dict, where: str) -> float:
@@ -287,11 +292,7 @@ def _publish(staging: str, target: str, overwrite: bool) -> None:
             os.rename(staging, target)
         except OSError as error:
             raise ExportError(f"{target}: cannot publish the export ({error.strerror})") from None
-    descriptor = os.open(base, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    _fsync_folder(base)
 
 
 def _refuse_existing(model_base: str, version: int, overwrite: bool) -> None:
