@@ -26,6 +26,20 @@ def fail(tool: str, message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def warn(tool: str, message: str) -> None:
+    """Prints `<tool>: warning: <message>` to stderr (the run goes on)."""
+    print(f"{tool}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def first_line(text, default: str = "") -> str:
+    """The first non-blank line of `text` (an exception's message, a server's reply), stripped; else `default`.
+
+    Library errors (Keras, TensorFlow, gRPC) often span many lines; a one-line error keeps the first.
+    """
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else default
+
+
 def reject_arguments(tool: str, argv: Sequence[str]) -> None:
     """Exits with a one-line error when `argv` (absl's leftover argv, program name first) holds arguments."""
     if len(argv) > 1:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from typing import Any, Mapping, Sequence
 
 from absl import app, flags
@@ -199,7 +198,7 @@ def write_summary(model_dir: str, summary: Mapping[str, Any]) -> tuple[str, str]
 
 
 def _warn(message: str) -> None:
-    print(f"{TOOL}: warning: {message}", file=sys.stderr, flush=True)
+    cli.warn(TOOL, message)
 
 
 def run(config: CrossValidationConfig) -> dict[str, Any]:

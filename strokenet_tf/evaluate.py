@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 from absl import app, flags
 
@@ -98,7 +97,7 @@ def config_from_flags(flag_values) -> EvaluateConfig:
 
 
 def _warn(message: str) -> None:
-    print(f"{TOOL}: warning: {message}", file=sys.stderr, flush=True)
+    cli.warn(TOOL, message)
 
 
 def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from strokenet_tf import cli
 from strokenet_tf.data import isles, preprocess
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import checkpointing
@@ -136,7 +137,7 @@ def _load_from_run_dir(path: str, source: str, keras_path: str | None = None) ->
             tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise ModelLoadError(f"{checkpoint_path}: does not match the run's model "
-                                 f"({str(error).strip().splitlines()[0] if str(error).strip() else error})") from None
+                                 f"({cli.first_line(error, type(error).__name__)})") from None
         loaded_from = checkpoint_path
     return TrainedModel(model, channels, model_config.required_multiples, loaded_from, run_config, best_record)
 
@@ -148,8 +149,8 @@ def _load_keras_file(path: str) -> keras.Model:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a bad file; the user needs one line.
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"{path}: cannot load Keras model ({message})") from None
+        raise ModelLoadError(f"{path}: cannot load Keras model ({cli.first_line(error, type(error).__name__)})") \
+            from None
     # Files saved with Keras's GroupNormalization get the model package's faster drop-in (same weights and
     # outputs), so older runs predict at the current speed.
     return normalization.with_fast_group_norm(model)
@@ -235,8 +236,8 @@ class SavedModelSegmenter:
         try:
             loaded = tf.saved_model.load(export_dir)
         except Exception as error:  # TF raises many types for a bad SavedModel; the user needs one line.
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelLoadError(f"{export_dir}: cannot load SavedModel ({message})") from None
+            raise ModelLoadError(f"{export_dir}: cannot load SavedModel "
+                                 f"({cli.first_line(error, type(error).__name__)})") from None
         if "serving_default" not in loaded.signatures:
             raise ModelLoadError(f"{export_dir}: SavedModel has no serving_default signature")
         self._loaded = loaded  # keeps the signature's variables alive

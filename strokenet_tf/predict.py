@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 from absl import app, flags
 
@@ -125,7 +124,7 @@ def config_from_flags(flag_values) -> PredictConfig:
 
 
 def _warn(message: str) -> None:
-    print(f"{TOOL}: warning: {message}", file=sys.stderr, flush=True)
+    cli.warn(TOOL, message)
 
 
 def run(config: PredictConfig, segmenter=None):

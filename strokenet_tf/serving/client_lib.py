@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import inference
+from strokenet_tf import cli, inference
 from strokenet_tf.serving import signatures
 
 try:
@@ -161,11 +161,6 @@ def grpc_channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", int(max_message_bytes))]
 
 
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
 @dataclasses.dataclass
 class ServingClient:
     """Sends one raw image per request to a TF-Serving model and returns its probabilities and mask.
@@ -224,7 +219,7 @@ class ServingClient:
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else None
             name = code.name if code is not None else "ERROR"
-            details = _one_line(error.details() if hasattr(error, "details") else error)
+            details = cli.first_line(error.details() if hasattr(error, "details") else error)
             hint = ""
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 hint = f" (message over the {self.max_message_bytes >> 20} MB gRPC limit: raise --max_message_mb)"
@@ -245,13 +240,13 @@ class ServingClient:
                 message = json.loads(error.read()).get("error", "")
             except (ValueError, AttributeError):
                 message = ""
-            raise ServingError(f"{url}: HTTP {error.code}: {_one_line(message) or error.reason}") from None
+            raise ServingError(f"{url}: HTTP {error.code}: {cli.first_line(message) or error.reason}") from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise ServingError(f"{url}: cannot reach TF-Serving ({_one_line(reason)}; is this its REST port?)") \
+            raise ServingError(f"{url}: cannot reach TF-Serving ({cli.first_line(reason)}; is this its REST port?)") \
                 from None
         except ValueError as error:
-            raise ServingError(f"{url}: response is not JSON ({_one_line(error)})") from None
+            raise ServingError(f"{url}: response is not JSON ({cli.first_line(error)})") from None
         probabilities, mask = parse_rest_response(body, image.shape[:3])
         return (probabilities if self.want_probabilities else None), mask
 

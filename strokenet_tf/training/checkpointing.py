@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
+from strokenet_tf import cli
 from strokenet_tf.data import atomic
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -103,8 +104,8 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | Non
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelDirError(f"--model_dir: cannot restore {path}: {first_line}") from None
+        raise ModelDirError(f"--model_dir: cannot restore {path}: "
+                            f"{cli.first_line(error, type(error).__name__)}") from None
     return path
 
 
