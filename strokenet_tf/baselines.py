@@ -30,6 +30,11 @@ TOOL = "strokenet_tf.baselines"
 NUM_THRESHOLDS = 99
 
 
+def _brain(image: np.ndarray) -> np.ndarray:
+    """Brain voxels of a normalised image: `normalize_image` sets every channel to 0 outside the brain mask."""
+    return np.any(image != 0.0, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ThresholdRule:
     """lesion = brain & (image[..., channel] < threshold) when direction is "below", "> threshold" for "above"."""
@@ -42,24 +47,24 @@ class ThresholdRule:
     def apply(self, image: np.ndarray, channels: Sequence[str]) -> np.ndarray:
         """uint8 [depth, height, width] mask of one normalised image [depth, height, width, channels]."""
         values = image[..., list(channels).index(self.channel)]
-        brain = np.any(image != 0.0, axis=-1)
-        below = values < self.threshold
-        return (brain & (below if self.direction == "below" else ~below & (values != self.threshold))).astype(np.uint8)
+        brain = _brain(image)
+        lesion = values < self.threshold if self.direction == "below" else values > self.threshold
+        return (brain & lesion).astype(np.uint8)
 
     def describe(self) -> str:
         sign = "<" if self.direction == "below" else ">"
         return f"{self.channel} {sign} {self.threshold:.3f} (normalised)"
 
 
-def _dice_curves(cases: Sequence, index: int, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _dice_curves(cases: Sequence, brains: Sequence[np.ndarray], index: int,
+                 thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean Dice over cases of "below t" and "above t" for every t, from sorted values (no mask per threshold).
 
     For one case: predicted(t) = brain voxels below t, true positives(t) = lesion voxels among them, and
     Dice = 2 TP / (predicted + lesion voxels); "above" uses the complementary counts (strictly above t).
     """
     below, above = np.zeros(len(thresholds)), np.zeros(len(thresholds))
-    for case in cases:
-        brain = np.any(case.image != 0.0, axis=-1)
+    for case, brain in zip(cases, brains):
         values = case.image[..., index]
         brain_values = np.sort(values[brain])
         lesion_values = np.sort(values[brain & (case.label > 0)])
@@ -85,10 +90,11 @@ def fit_threshold_rule(cases: Sequence, channels: Sequence[str]) -> ThresholdRul
         raise ValueError("fit_threshold_rule needs labelled cases")
     best = ThresholdRule(channels[0], "below", -np.inf, -1.0)
     quantiles = np.linspace(0.5, 99.5, NUM_THRESHOLDS)
+    brains = [_brain(case.image) for case in cases]
     for index, channel in enumerate(channels):
-        pooled = np.concatenate([case.image[..., index][np.any(case.image != 0.0, axis=-1)] for case in cases])
+        pooled = np.concatenate([case.image[..., index][brain] for case, brain in zip(cases, brains)])
         thresholds = np.unique(np.percentile(pooled, quantiles))
-        for direction, curve in zip(("below", "above"), _dice_curves(cases, index, thresholds)):
+        for direction, curve in zip(("below", "above"), _dice_curves(cases, brains, index, thresholds)):
             position = int(np.argmax(curve))
             if curve[position] > best.train_dice:
                 best = ThresholdRule(channel, direction, float(thresholds[position]), float(curve[position]))

@@ -19,7 +19,8 @@ def test_dice_curves_equal_masks_scored_one_by_one(prepared):
     channels = isles.DEFAULT_CHANNELS
     index = channels.index(isles.CBF)
     thresholds = np.array([-0.2, 0.05, 0.1, 0.3, 0.7, 1.2])
-    below, above = baselines._dice_curves(prepared, index, thresholds)
+    brains = [baselines._brain(c.image) for c in prepared]
+    below, above = baselines._dice_curves(prepared, brains, index, thresholds)
     for k, threshold in enumerate(thresholds):
         for direction, curve in (("below", below), ("above", above)):
             rule = baselines.ThresholdRule(isles.CBF, direction, float(threshold), 0.0)
