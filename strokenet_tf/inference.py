@@ -156,7 +156,30 @@ def _load_keras_file(path: str) -> keras.Model:
     return normalization.with_fast_group_norm(model)
 
 
-class Segmenter(tf.Module):
+class _CasePredictor:
+    """`predict_image` / `predict_case` of one slab over `_run_batch` (raw float32 [1, d, h, w, c] -> outputs),
+    shared by the in-process `Segmenter` and the exported `SavedModelSegmenter`."""
+
+    channels: tuple[str, ...]
+
+    def _run_batch(self, batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One raw image float32 [depth, height, width, channels] -> (probabilities float32, mask uint8),
+        each [depth, height, width]."""
+        image = np.asarray(image, np.float32)
+        if image.ndim != 4 or image.shape[-1] != len(self.channels):
+            raise ValueError(f"expected a raw image [depth, height, width, {len(self.channels)}], got {image.shape}")
+        outputs = self._run_batch(tf.constant(image[np.newaxis]))
+        return outputs[PROBABILITIES_KEY].numpy()[0], outputs[MASK_KEY].numpy()[0]
+
+    def predict_case(self, case: isles.Case) -> tuple[np.ndarray, np.ndarray]:
+        """An `isles.Case` (any channel order that holds this model's channels) -> (probabilities, mask)."""
+        return self.predict_image(preprocess.select_channels(case, self.channels))
+
+
+class Segmenter(tf.Module, _CasePredictor):
     """Raw maps -> lesion probabilities and mask, all in one traceable, exportable tf.function.
 
     Args:
@@ -199,25 +222,15 @@ class Segmenter(tf.Module):
         mask = tf.cast(probabilities >= self.threshold, tf.uint8)
         return {PROBABILITIES_KEY: probabilities, MASK_KEY: mask}
 
-    def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One raw image float32 [depth, height, width, channels] -> (probabilities float32, mask uint8),
-        each [depth, height, width]."""
-        image = np.asarray(image, np.float32)
-        if image.ndim != 4 or image.shape[-1] != len(self.channels):
-            raise ValueError(f"expected a raw image [depth, height, width, {len(self.channels)}], got {image.shape}")
-        outputs = self.segment(tf.constant(image[np.newaxis]))
-        return outputs[PROBABILITIES_KEY].numpy()[0], outputs[MASK_KEY].numpy()[0]
-
-    def predict_case(self, case: isles.Case) -> tuple[np.ndarray, np.ndarray]:
-        """An `isles.Case` (any channel order that holds this model's channels) -> (probabilities, mask)."""
-        return self.predict_image(preprocess.select_channels(case, self.channels))
+    def _run_batch(self, batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.segment(batch)
 
 
 EXPORT_METADATA_FILE = os.path.join("assets.extra", "strokenet_metadata.json")
 """Where `strokenet_tf.export` records channel order, threshold and normalisation inside a version folder."""
 
 
-class SavedModelSegmenter:
+class SavedModelSegmenter(_CasePredictor):
     """The `serving_default` signature of an exported SavedModel behind the `Segmenter` interface.
 
     Lets `evaluate` and tests score exactly what TF-Serving would run. The channel order and threshold come
@@ -244,17 +257,8 @@ class SavedModelSegmenter:
         self._signature = loaded.signatures["serving_default"]
         self.source = export_dir
 
-    def predict_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Same contract as `Segmenter.predict_image`."""
-        image = np.asarray(image, np.float32)
-        if image.ndim != 4 or image.shape[-1] != len(self.channels):
-            raise ValueError(f"expected a raw image [depth, height, width, {len(self.channels)}], got {image.shape}")
-        outputs = self._signature(**{INPUT_KEY: tf.constant(image[np.newaxis])})
-        return outputs[PROBABILITIES_KEY].numpy()[0], outputs[MASK_KEY].numpy()[0]
-
-    def predict_case(self, case: isles.Case) -> tuple[np.ndarray, np.ndarray]:
-        """Same contract as `Segmenter.predict_case`."""
-        return self.predict_image(preprocess.select_channels(case, self.channels))
+    def _run_batch(self, batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._signature(**{INPUT_KEY: batch})
 
 
 def is_saved_model_dir(path: str) -> bool:
