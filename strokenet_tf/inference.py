@@ -42,6 +42,15 @@ DEFAULT_THRESHOLD = 0.5
 INPUT_KEY = "image"
 PROBABILITIES_KEY = "probabilities"
 MASK_KEY = "mask"
+UNCERTAINTY_KEY = "uncertainty"
+VOXEL_SIZE_KEY = "voxel_size_mm"
+MEMBER_VOLUMES_KEY = "member_core_volume_ml"
+DISAGREE_KEY = "members_disagree"
+DISAGREEMENT_RELATIVE_RANGE = 0.5
+"""Members disagree when (max - min) of their core volumes exceeds this fraction of the ensemble's core volume
+(at least 1 mL), or when a member's mask overlaps the ensemble mask with Dice below `DISAGREEMENT_MIN_DICE`."""
+DISAGREEMENT_MIN_DICE = 0.5
+REPORT_SIGNATURE = "report"
 MODEL_SOURCES = ("best", "latest")
 
 
@@ -178,52 +187,132 @@ class _CasePredictor:
         """An `isles.Case` (any channel order that holds this model's channels) -> (probabilities, mask)."""
         return self.predict_image(preprocess.select_channels(case, self.channels))
 
+    def _run_report(self, batch: tf.Tensor, voxel_size_mm: tf.Tensor) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def analyse_case(self, case: isles.Case) -> dict[str, np.ndarray]:
+        """Every output of the `report` path for one case (probabilities, mask, uncertainty, the perfusion report,
+        member volumes), without the batch axis."""
+        image = preprocess.select_channels(case, self.channels)
+        spacing = tf.constant([list(case.spacing_mm)], tf.float32)
+        outputs = self._run_report(tf.constant(np.asarray(image, np.float32)[np.newaxis]), spacing)
+        return {key: np.asarray(value)[0] for key, value in outputs.items()}
+
 
 class Segmenter(tf.Module, _CasePredictor):
-    """Raw maps -> lesion probabilities and mask, all in one traceable, exportable tf.function.
+    """Raw maps -> lesion probabilities, mask and uncertainty, all in one traceable, exportable tf.function.
+
+    One code path for a single model and an ensemble: the members' probabilities (each optionally averaged
+    with its left-right mirrored view) are averaged, then calibrated by a temperature (`calibration`). A single
+    member without mirroring and with temperature 1 is exactly the single-model graph of before.
 
     Args:
-        model: Keras model from normalised, padded images to logits `[b, d, h, w, 1]`.
+        model: Keras model from normalised, padded images to logits `[b, d, h, w, 1]`, or a list of them
+            (ensemble members sharing channels and multiples).
         channels: modality name per input channel (decides the brain mask and the normalisation).
         multiples: (depth, height, width) padding multiples of the model.
         threshold: mask = probabilities >= threshold.
+        mirror: also run every member on the left-right (width axis) mirrored slab and average.
+        temperature: p -> sigmoid(logit(p) / temperature) after averaging (1 = none).
     """
 
-    def __init__(self, model: keras.Model, channels: Sequence[str], multiples: Sequence[int],
-                 threshold: float = DEFAULT_THRESHOLD, name: str = "segmenter"):
+    def __init__(self, model, channels: Sequence[str], multiples: Sequence[int],
+                 threshold: float = DEFAULT_THRESHOLD, name: str = "segmenter", mirror: bool = False,
+                 temperature: float = 1.0):
         super().__init__(name=name)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        self.model = model
+        if not (temperature > 0.0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        self.models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not self.models:
+            raise ValueError("an ensemble needs at least one model")
+        self.model = self.models[0]
         self.channels = tuple(channels)
         self.multiples = tuple(int(m) for m in multiples)
         self.threshold = float(threshold)
-        self.segment = tf.function(
-            self._segment,
-            input_signature=[tf.TensorSpec([None, None, None, None, len(self.channels)], tf.float32)],
-        )
+        self.mirror = bool(mirror)
+        self.temperature = float(temperature)
+        image_spec = tf.TensorSpec([None, None, None, None, len(self.channels)], tf.float32)
+        self.segment = tf.function(self._segment, input_signature=[image_spec])
+        self.report = tf.function(self._report, input_signature=[image_spec, tf.TensorSpec([None, 3], tf.float32)])
 
     @classmethod
-    def from_run(cls, path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD) -> "Segmenter":
+    def from_run(cls, path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD,
+                 mirror: bool = False, temperature: float = 1.0) -> "Segmenter":
         """A Segmenter for a training run folder or `.keras` file (see `load_run`)."""
         trained = load_run(path, source)
-        segmenter = cls(trained.model, trained.channels, trained.multiples, threshold)
+        segmenter = cls(trained.model, trained.channels, trained.multiples, threshold, mirror=mirror,
+                        temperature=temperature)
         segmenter.trained = trained
+        segmenter.members = [trained]
         return segmenter
 
-    def _segment(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        """image float32 [batch, depth, height, width, channels] (raw units) -> dict of probabilities (float32)
-        and mask (uint8), each [batch, depth, height, width]."""
-        normalised = preprocess.normalize_image(image, self.channels)
+    def _member_probabilities(self, normalised: tf.Tensor) -> list[tf.Tensor]:
+        """normalised [b, d, h, w, c] -> per member, probabilities [b, d, h, w] (mirrored view averaged in)."""
+        batch = tf.shape(normalised)[0]
+        if self.mirror:  # both views in one batch: one network call per member
+            normalised = tf.concat([normalised, tf.reverse(normalised, axis=[3])], axis=0)
         padded, spatial_shape = preprocess.pad_to_multiple(normalised, self.multiples)
-        logits = self.model(padded, training=False)
-        probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
-        probabilities = preprocess.crop_to_shape(probabilities, spatial_shape)[..., 0]
+        members = []
+        for model in self.models:
+            logits = model(padded, training=False)
+            probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
+            probabilities = preprocess.crop_to_shape(probabilities, spatial_shape)[..., 0]
+            if self.mirror:
+                probabilities = 0.5 * (probabilities[:batch] + tf.reverse(probabilities[batch:], axis=[3]))
+            members.append(probabilities)
+        return members
+
+    def _analyse(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        from strokenet_tf import calibration
+
+        normalised = preprocess.normalize_image(image, self.channels)
+        members = [calibration.apply_temperature(p, self.temperature) for p in self._member_probabilities(normalised)]
+        probabilities = members[0] if len(members) == 1 else tf.add_n(members) / float(len(members))
         mask = tf.cast(probabilities >= self.threshold, tf.uint8)
-        return {PROBABILITIES_KEY: probabilities, MASK_KEY: mask}
+        p = tf.clip_by_value(probabilities, 1e-7, 1.0 - 1e-7)
+        entropy_bits = -(p * tf.math.log(p) + (1.0 - p) * tf.math.log1p(-p)) / np.log(2.0)
+        member_masks = tf.stack([m >= self.threshold for m in members], axis=1)  # [b, members, d, h, w]
+        return {PROBABILITIES_KEY: probabilities, MASK_KEY: mask, UNCERTAINTY_KEY: entropy_bits,
+                "member_masks": member_masks}
+
+    def _segment(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """image float32 [batch, depth, height, width, channels] (raw units) -> probabilities (float32), mask
+        (uint8) and uncertainty (float32 predictive entropy in bits, 0-1), each [batch, depth, height, width]."""
+        outputs = self._analyse(image)
+        return {key: outputs[key] for key in (PROBABILITIES_KEY, MASK_KEY, UNCERTAINTY_KEY)}
+
+    def _report(self, image: tf.Tensor, voxel_size_mm: tf.Tensor) -> dict[str, tf.Tensor]:
+        """`segment` plus, per case, the perfusion report (`perfusion_report.graph_report`), every member's core
+        volume [batch, members] in mL and the `members_disagree` flag."""
+        from strokenet_tf import perfusion_report
+
+        outputs = self._analyse(image)
+        member_masks = outputs.pop("member_masks")
+        mask = outputs[MASK_KEY] > 0
+        voxel_ml = tf.reduce_prod(voxel_size_mm, axis=-1) / 1000.0
+        member_voxels = tf.reduce_sum(tf.cast(member_masks, tf.float32), axis=[2, 3, 4])
+        member_ml = member_voxels * voxel_ml[:, tf.newaxis]
+        core_voxels = tf.reduce_sum(tf.cast(mask, tf.float32), axis=[1, 2, 3])
+        overlap = tf.reduce_sum(tf.cast(member_masks & mask[:, tf.newaxis], tf.float32), axis=[2, 3, 4])
+        denominator = member_voxels + core_voxels[:, tf.newaxis]
+        dice = tf.where(denominator > 0, 2.0 * overlap / tf.maximum(denominator, 1.0), tf.ones_like(overlap))
+        core_ml = core_voxels * voxel_ml
+        spread = tf.reduce_max(member_ml, axis=1) - tf.reduce_min(member_ml, axis=1)
+        disagree = ((spread > DISAGREEMENT_RELATIVE_RANGE * tf.maximum(core_ml, 1.0))
+                    | (tf.reduce_min(dice, axis=1) < DISAGREEMENT_MIN_DICE))
+        outputs.update(perfusion_report.graph_report(image, self.channels, outputs[MASK_KEY], voxel_size_mm))
+        outputs[MEMBER_VOLUMES_KEY] = member_ml
+        outputs["member_dice"] = dice
+        outputs[DISAGREE_KEY] = disagree
+        return outputs
 
     def _run_batch(self, batch: tf.Tensor) -> dict[str, tf.Tensor]:
         return self.segment(batch)
+
+    def _run_report(self, batch: tf.Tensor, voxel_size_mm: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.report(batch, voxel_size_mm)
 
 
 EXPORT_METADATA_FILE = os.path.join("assets.extra", "strokenet_metadata.json")
@@ -244,6 +333,8 @@ class SavedModelSegmenter(_CasePredictor):
                 self.metadata = json.load(stream)
             self.channels = tuple(self.metadata["channels"])
             self.threshold = float(self.metadata["threshold"])
+            self.mirror = bool(self.metadata.get("mirror", False))
+            self.temperature = float(self.metadata.get("temperature", 1.0))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ModelLoadError(f"{metadata_path}: missing or bad export metadata ({error})") from None
         try:
@@ -260,18 +351,30 @@ class SavedModelSegmenter(_CasePredictor):
     def _run_batch(self, batch: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._signature(**{INPUT_KEY: batch})
 
+    def _run_report(self, batch: tf.Tensor, voxel_size_mm: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The `report` signature; exports made before it existed give `serving_default`'s outputs only."""
+        if REPORT_SIGNATURE in self._loaded.signatures:
+            return self._loaded.signatures[REPORT_SIGNATURE](**{INPUT_KEY: batch, VOXEL_SIZE_KEY: voxel_size_mm})
+        return self._run_batch(batch)
+
 
 def is_saved_model_dir(path: str) -> bool:
     """True for a folder holding a SavedModel (an export version folder)."""
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD):
-    """A `Segmenter` for a training run / `.keras` file, or a `SavedModelSegmenter` for an export version folder.
+def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD,
+                   mirror: bool | None = None):
+    """A `Segmenter` for a training run / `.keras` file, an ensemble (a cross-validation folder, or run folders
+    separated by commas; see `ensemble.load_ensemble`), or a `SavedModelSegmenter` for an export version folder.
 
     Raises:
         ModelLoadError: one line naming the path.
     """
     if os.path.isdir(path) and is_saved_model_dir(path):
+        if mirror is not None:
+            raise ModelLoadError(f"{path}: an exported SavedModel fixes its mirroring in its metadata; drop --mirror")
         return SavedModelSegmenter(path)
-    return Segmenter.from_run(path, source, threshold)
+    from strokenet_tf import ensemble
+
+    return ensemble.load_ensemble([p for p in path.split(",") if p], source, threshold, mirror=mirror)

@@ -1,0 +1,149 @@
+"""Ensembles of training runs as one `inference.Segmenter` (nnU-Net's fold ensemble, in one graph).
+
+`load_ensemble(["runs/cv"])` reads every finished fold of a `cross_validate` folder (or a list of run folders /
+`.keras` files), checks that they take the same input (channels, padding multiples, normalisation) and builds a
+`Segmenter` whose graph averages the members' probabilities, with left-right mirroring (on by default for an
+ensemble) and the temperature of the cross-validation's `calibration.json` when there is one. A single run
+stays today's single model (no mirroring, temperature 1) unless asked otherwise: an ensemble of one.
+
+Example:
+    >>> segmenter = load_ensemble(["runs/cv"])            # fold_0 ... fold_4, mirrored, calibrated
+    >>> outputs = segmenter.analyse_case(case)           # probabilities, mask, uncertainty, report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Sequence
+
+from strokenet_tf import calibration, inference
+from strokenet_tf.data import preprocess
+from strokenet_tf.training import checkpointing
+
+_FOLD_PATTERN = re.compile(r"^fold_(\d+)$")
+CV_SUMMARY_FILE = "cv_summary.json"
+EVAL_SUMMARY = os.path.join("evaluation", "summary.json")
+
+
+def fold_dirs(path: str) -> list[str]:
+    """The fold_K folders of a cross-validation folder, by K; [] for anything else."""
+    if not os.path.isdir(path):
+        return []
+    folds = [(int(m.group(1)), name) for name in os.listdir(path)
+             if (m := _FOLD_PATTERN.match(name)) and os.path.isdir(os.path.join(path, name))]
+    return [os.path.join(path, name) for _, name in sorted(folds)]
+
+
+def is_cross_validation_dir(path: str) -> bool:
+    """A `cross_validate` MODEL_DIR: holds fold_K run folders and no run of its own."""
+    return bool(fold_dirs(path)) and not os.path.isfile(os.path.join(path, checkpointing.CONFIG_FILE))
+
+
+def resolve_members(paths: Sequence[str], source: str = "best") -> list[str]:
+    """Run folders / `.keras` files of an ensemble: a cross-validation folder expands to its folds.
+
+    A fold of a cross-validation folder counts as finished when cross_validate has scored it
+    (fold_K/evaluation/summary.json) and its model exists.
+
+    Raises:
+        inference.ModelLoadError: no member, or a fold without a finished model (one line naming it).
+    """
+    members = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise inference.ModelLoadError(f"{path}: no such run folder, model file or cross-validation folder")
+        if is_cross_validation_dir(path):
+            for fold in fold_dirs(path):
+                if not os.path.isfile(os.path.join(fold, EVAL_SUMMARY)):
+                    raise inference.ModelLoadError(
+                        f"{fold}: no finished model (cross_validate has not finished this fold: no {EVAL_SUMMARY}); "
+                        f"finish it or pass the finished folds as a list")
+                if source == "best" and not os.path.isfile(os.path.join(fold, checkpointing.BEST_MODEL_FILE)):
+                    raise inference.ModelLoadError(f"{fold}: no finished model (no {checkpointing.BEST_MODEL_FILE})")
+                members.append(fold)
+        else:
+            members.append(path)
+    if not members:
+        raise inference.ModelLoadError("ensemble: no member given")
+    return members
+
+
+def _input_contract(trained: inference.TrainedModel) -> dict[str, Any]:
+    """What must be equal for members to share one normalised, padded input."""
+    in_channels = trained.model.input_shape[-1]
+    return {
+        "channels": tuple(trained.channels),
+        "input channels": in_channels,
+        "input spatial shape": tuple(trained.model.input_shape[1:-1]),
+        "padding multiples": tuple(trained.multiples),
+        "preprocessing": json.dumps(trained.run_config.get("preprocessing", preprocess.normalization_constants()),
+                                    sort_keys=True),
+        "pipeline multiples": tuple(trained.run_config.get("pipeline", {}).get("multiples", trained.multiples)),
+    }
+
+
+def check_compatible(members: Sequence[inference.TrainedModel], names: Sequence[str]) -> None:
+    """Raises inference.ModelLoadError naming the first member and setting that differs from the first member."""
+    reference = _input_contract(members[0])
+    for trained, name in zip(members[1:], names[1:]):
+        contract = _input_contract(trained)
+        for key, value in reference.items():
+            if contract[key] != value:
+                raise inference.ModelLoadError(f"ensemble: {name} differs from {names[0]} in {key}: "
+                                               f"{contract[key]} vs {value}; members must take the same input")
+
+
+def default_temperature(paths: Sequence[str]) -> float:
+    """The temperature of the cross-validation folder's calibration.json (one CV folder given), else 1."""
+    if len(paths) == 1 and is_cross_validation_dir(paths[0]):
+        try:
+            temperature = calibration.read_temperature(paths[0])
+        except ValueError as error:
+            raise inference.ModelLoadError(str(error)) from None
+        return 1.0 if temperature is None else temperature
+    return 1.0
+
+
+def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float = inference.DEFAULT_THRESHOLD,
+                  mirror: bool | None = None, temperature: float | None = None) -> inference.Segmenter:
+    """A `Segmenter` averaging every member of `paths` (see `resolve_members`).
+
+    Args:
+        paths: run folders, `.keras` files, or one cross-validation folder.
+        source: "best" or "latest" weights of each run.
+        threshold: mask = calibrated ensemble probability >= threshold.
+        mirror: left-right test-time mirroring; None = on for an ensemble (a CV folder or several runs), off for
+            a single run (today's single-model output).
+        temperature: None = the CV folder's calibration.json (1 without one or for a list of runs).
+
+    Raises:
+        inference.ModelLoadError: one line naming the member or setting.
+    """
+    member_paths = resolve_members(paths, source)
+    members = [inference.load_run(path, source) for path in member_paths]
+    check_compatible(members, member_paths)
+    is_ensemble = len(member_paths) > 1 or any(is_cross_validation_dir(p) for p in paths)
+    mirror = is_ensemble if mirror is None else bool(mirror)
+    temperature = default_temperature(paths) if temperature is None else float(temperature)
+    first = members[0]
+    segmenter = inference.Segmenter([m.model for m in members], first.channels, first.multiples, threshold,
+                                    mirror=mirror, temperature=temperature)
+    segmenter.trained = first
+    segmenter.members = members
+    segmenter.member_paths = member_paths
+    segmenter.source = ",".join(member_paths) if len(member_paths) > 1 else first.source
+    return segmenter
+
+
+def best_fold(cv_dir: str, metric: str = "dice") -> str:
+    """The fold folder with the highest mean `metric` in cv_summary.json (the "single best fold")."""
+    path = os.path.join(cv_dir, CV_SUMMARY_FILE)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            folds = json.load(stream)["folds"]
+        fold = max(folds, key=lambda k: -1.0 if folds[k].get(metric) is None else folds[k][metric])
+    except (OSError, ValueError, KeyError) as error:
+        raise inference.ModelLoadError(f"{path}: unreadable cross-validation summary ({error})") from None
+    return os.path.join(cv_dir, f"fold_{fold}")

@@ -1,0 +1,137 @@
+"""Tests for strokenet_tf.ensemble and the ensemble path of inference.Segmenter (members, mirroring, temperature)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from strokenet_tf import calibration, ensemble, inference
+from strokenet_tf.data import isles, preprocess
+from strokenet_tf.training import checkpointing
+
+from serving_fixtures import MODEL_CONFIG, tiny_model, write_run
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [tiny_model(seed) for seed in (3, 4, 5)]
+
+
+@pytest.fixture(scope="module")
+def cv_dir(models, tmp_path_factory):
+    """A cross_validate folder with three finished folds."""
+    root = str(tmp_path_factory.mktemp("cv"))
+    for fold, model in enumerate(models):
+        fold_dir = os.path.join(root, f"fold_{fold}")
+        write_run(model, fold_dir)
+        os.makedirs(os.path.join(fold_dir, "evaluation"))
+        with open(os.path.join(fold_dir, ensemble.EVAL_SUMMARY), "w") as stream:
+            json.dump({"metrics": {}}, stream)
+    with open(os.path.join(root, ensemble.CV_SUMMARY_FILE), "w") as stream:
+        json.dump({"folds": {"0": {"dice": 0.3}, "1": {"dice": 0.6}, "2": {"dice": None}}}, stream)
+    return root
+
+
+def _probabilities(model, image, mirror=False):
+    """Step by step: normalise, pad, network, sigmoid, crop (and the mirrored view flipped back)."""
+    def one(x):
+        normalised = preprocess.normalize_image(x, isles.DEFAULT_CHANNELS)[tf.newaxis]
+        padded, shape = preprocess.pad_to_multiple(normalised, MODEL_CONFIG.required_multiples)
+        return preprocess.crop_to_shape(tf.sigmoid(model(padded, training=False)), shape).numpy()[0, ..., 0]
+
+    p = one(image)
+    if mirror:
+        p = 0.5 * (p + one(image[:, :, ::-1])[:, :, ::-1])
+    return p
+
+
+def test_ensemble_of_one_is_the_single_model_exactly(models, make_case):
+    case = make_case(3, 24, 40)
+    single = inference.Segmenter(models[0], isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples)
+    one = inference.Segmenter([models[0]], isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples)
+    for segmenter in (single, one):
+        probabilities, mask = segmenter.predict_case(case)
+        expected = _probabilities(models[0], case.image)
+        np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(mask, (expected >= 0.5).astype(np.uint8))
+
+
+def test_members_are_averaged_with_mirrored_views_and_calibrated(models, make_case):
+    case = make_case(2, 32, 24)
+    segmenter = inference.Segmenter(models, isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples, mirror=True,
+                                    temperature=2.0)
+    probabilities, mask = segmenter.predict_case(case)
+    members = [calibration.apply_temperature_np(_probabilities(m, case.image, mirror=True), 2.0) for m in models]
+    expected = np.mean(members, axis=0)
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(mask, (probabilities >= 0.5).astype(np.uint8))
+
+
+def test_mirrored_input_gives_mirrored_output_under_mirroring(models, make_case):
+    case = make_case(2, 32, 32)
+    segmenter = inference.Segmenter(models[:2], isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples, mirror=True)
+    p = segmenter.predict_image(case.image)[0]
+    p_flipped = segmenter.predict_image(np.ascontiguousarray(case.image[:, :, ::-1]))[0]
+    np.testing.assert_allclose(p_flipped[:, :, ::-1], p, rtol=0, atol=1e-5)
+
+
+def test_report_gives_uncertainty_member_volumes_and_disagreement(models, make_case):
+    case = make_case(3, 32, 32)
+    segmenter = inference.Segmenter(models, isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples)
+    outputs = segmenter.analyse_case(case)
+    p = outputs[inference.PROBABILITIES_KEY]
+    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    np.testing.assert_allclose(outputs[inference.UNCERTAINTY_KEY], entropy, rtol=0, atol=1e-4)
+    voxel_ml = np.prod(case.spacing_mm) / 1000.0
+    expected = [np.count_nonzero(_probabilities(m, case.image) >= 0.5) * voxel_ml for m in models]
+    np.testing.assert_allclose(outputs[inference.MEMBER_VOLUMES_KEY], expected, rtol=1e-5)
+    core = outputs["core_volume_ml"]
+    spread = max(expected) - min(expected)
+    dice_low = outputs["member_dice"].min() < inference.DISAGREEMENT_MIN_DICE
+    assert bool(outputs[inference.DISAGREE_KEY]) == (spread > 0.5 * max(core, 1.0) or dice_low)
+
+
+def test_cv_folder_loads_every_fold_mirrored_and_calibrated(cv_dir, models, make_case):
+    with open(os.path.join(cv_dir, calibration.CALIBRATION_FILE), "w") as stream:
+        json.dump({"temperature": 1.5}, stream)
+    try:
+        segmenter = inference.load_segmenter(cv_dir)
+    finally:
+        os.remove(os.path.join(cv_dir, calibration.CALIBRATION_FILE))
+    assert len(segmenter.models) == 3 and segmenter.mirror and segmenter.temperature == 1.5
+    single = inference.load_segmenter(os.path.join(cv_dir, "fold_1"))
+    assert len(single.models) == 1 and not single.mirror and single.temperature == 1.0
+    listed = inference.load_segmenter(",".join(os.path.join(cv_dir, f"fold_{k}") for k in (0, 2)), mirror=False)
+    assert len(listed.models) == 2 and not listed.mirror
+    assert ensemble.best_fold(cv_dir) == os.path.join(cv_dir, "fold_1")
+
+
+def test_unfinished_fold_is_named(cv_dir, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "cv")
+    shutil.copytree(cv_dir, copy)
+    os.remove(os.path.join(copy, "fold_2", ensemble.EVAL_SUMMARY))
+    with pytest.raises(inference.ModelLoadError, match=r"fold_2: no finished model"):
+        ensemble.load_ensemble([copy])
+
+
+def test_members_with_other_channels_are_refused_naming_the_difference(cv_dir, tmp_path):
+    other = str(tmp_path / "other")
+    write_run(tiny_model(6), other)
+    path = os.path.join(other, checkpointing.CONFIG_FILE)
+    with open(path) as stream:
+        config = json.load(stream)
+    config["channels"] = list(reversed(config["channels"]))
+    with open(path, "w") as stream:
+        json.dump(config, stream)
+    with pytest.raises(inference.ModelLoadError, match=r"^ensemble: .*other differs from .*fold_0 in channels"):
+        ensemble.load_ensemble([os.path.join(cv_dir, "fold_0"), other])
+
+
+def test_missing_member_path_is_one_line(tmp_path):
+    with pytest.raises(inference.ModelLoadError, match="no such run folder"):
+        ensemble.load_ensemble([str(tmp_path / "nope")])
