@@ -1,0 +1,196 @@
+"""Stroke pathology for synthetic slabs, drawn in template (MNI) space at 2 mm and sampled in the case's pose.
+
+A case holds one or more acute lesions in a vascular territory (MCA most often, then PCA, ACA, deep lacunes,
+embolic showers of small lesions), on either side. Each is a severity field s in [0, 1]: 0 is normal
+tissue, s ~ 0.3 the edge of the Tmax > 6 s penumbra, s > `CORE_SEVERITY` the ischaemic core on the CT
+perfusion. The label is what a DWI drawn 30-60 min later shows: the core grown into the penumbra by a random
+amount (so more where Tmax is longer), or, after early reperfusion, smaller than the CT core; it is sampled
+in a pose shifted by 1-3 mm (DWI-to-CT misregistration). Unlabelled look-alikes: old infarcts (hypodense,
+low CBF and CBV, normal Tmax), periventricular leukoaraiosis (mildly low CBF, slightly late), contralateral
+oligaemia (late, near-normal CBF); CSF and vessels come from the anatomy.
+
+Territories follow the usual MNI atlas outline (Tatu et al. 1998, Neurology 50:1699): ACA paramedian frontal
+and parietal, PCA occipital and medial temporal, MCA the lateral hemisphere with insula and basal ganglia.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from strokenet_tf.data import anatomy
+
+STEP = 2  # template voxels per pathology voxel (2 mm)
+CORE_SEVERITY = 0.65
+PENUMBRA_SEVERITY = 0.3  # Tmax ~ 6 s
+CHANNELS = ("severity", "old", "leuko", "contra", "artery", "vein")
+LESION_TYPES = ("mca", "mca", "mca", "mca", "mca", "pca", "pca", "aca", "lacune", "lacune", "shower")
+# Severity -> physiology, piecewise linear (relative to normal tissue; delay in s).
+_S = np.array([0.0, 0.15, 0.3, 0.5, 0.65, 0.8, 1.0], np.float32)
+_CBF = np.array([1.0, 0.95, 0.82, 0.6, 0.34, 0.2, 0.08], np.float32)
+_CBV = np.array([1.0, 1.05, 1.1, 1.08, 0.8, 0.55, 0.3], np.float32)
+_DELAY = np.array([0.4, 2.5, 6.0, 8.0, 10.0, 12.5, 16.0], np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def coarse_anatomy() -> dict:
+    """Template tissue, territories and vessel masks on the 2 mm grid (cached; a fraction of a second)."""
+    template = anatomy.load_template()
+    stack = template.stack[::STEP, ::STEP, ::STEP]
+    affine = template.affine.copy()
+    affine[:3, :3] *= STEP
+    x, y, z = (a[::1] for a in _grid(template, affine, stack.shape[:3]))
+    gm, wm, csf, outside = (stack[..., c] for c in range(4))
+    tissue = gm + wm
+    deep_csf = (csf > 0.5) & (ndimage.distance_transform_edt(outside <= 0) * STEP > 14)
+    near_ventricle = ndimage.gaussian_filter((ndimage.distance_transform_edt(~deep_csf) * STEP < 12).astype(np.float32), 2)
+    aca = (np.abs(x) < 20) & (y > -45) & (z > -8)
+    pca = (y < -62) | ((z < 4) & (y < -22) & (np.abs(x) < 42))
+    mca = ~aca & ~pca & (z > -30) & (z < 75)
+    territories = {name: ndimage.gaussian_filter((mask & (tissue > 0.3)).astype(np.float32), 1.5)
+                   for name, mask in (("aca", aca), ("pca", pca), ("mca", mca))}
+    deep = ((np.abs(x) > 12) & (np.abs(x) < 32) & (np.abs(y + 2) < 22) & (z > -6) & (z < 18)) | (
+        (np.abs(x) > 14) & (np.abs(x) < 30) & (np.abs(y + 10) < 30) & (z > 20) & (z < 35) & (wm > 0.6))
+    # The superior sagittal sinus just outside the envelope at the midline, and straight/transverse sinuses.
+    vein = ((np.abs(x) < 5) & (outside > 0.5) & (outside < 6) & (z > -20)).astype(np.float32)
+    return {"affine": affine, "x": x, "y": y, "z": z, "gm": gm, "wm": wm, "tissue": tissue,
+            "territories": territories, "deep": deep & (tissue > 0.5), "near_ventricle": near_ventricle * wm,
+            "vein": vein, "shape": stack.shape[:3]}
+
+
+def _grid(template, affine, shape):
+    axes = [affine[a, a] * np.arange(n) + affine[a, 3] for a, n in enumerate(shape)]
+    return (axes[0].reshape(-1, 1, 1).astype(np.float32), axes[1].reshape(1, -1, 1).astype(np.float32),
+            axes[2].reshape(1, 1, -1).astype(np.float32))
+
+
+def _field(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:
+    """Smooth unit-std Gaussian random field on the 2 mm grid, drawn coarse and zoomed (cheap for any sigma)."""
+    factor = max(1.0, sigma_vox / 2.0)
+    coarse = tuple(max(2, int(np.ceil(n / factor)) + 1) for n in shape)
+    noise = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma_vox / factor)
+    field = ndimage.zoom(noise, [n / c for n, c in zip(shape, coarse)], order=1)[: shape[0], : shape[1], : shape[2]]
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+def _pick_voxel(rng: np.random.Generator, weight: np.ndarray) -> np.ndarray:
+    flat = weight.ravel().astype(np.float64)
+    flat = flat / flat.sum()
+    return np.array(np.unravel_index(rng.choice(flat.size, p=flat), weight.shape))
+
+
+def _lesion(rng, atlas, weight, core_radius_mm, penumbra_ratio, roughness) -> np.ndarray:
+    """Severity of one lesion: a rough ellipsoid whose profile crosses CORE_SEVERITY at the core radius."""
+    centre = _pick_voxel(rng, weight)
+    cx, cy, cz = (float(atlas[a].ravel()[centre[k]]) for k, a in enumerate("xyz"))
+    radii = core_radius_mm * rng.uniform(0.7, 1.4, 3)
+    distance = np.sqrt(((atlas["x"] - cx) / radii[0]) ** 2 + ((atlas["y"] - cy) / radii[1]) ** 2
+                       + ((atlas["z"] - cz) / radii[2]) ** 2)
+    distance = distance * (1.0 + roughness * np.clip(_field(rng, atlas["shape"], 3.0 + core_radius_mm / 6), -2, 2))
+    # s(1) = CORE_SEVERITY and s(penumbra_ratio) = PENUMBRA_SEVERITY for s = exp(-(d / L)^p).
+    p = np.log(np.log(PENUMBRA_SEVERITY) / np.log(CORE_SEVERITY)) / np.log(penumbra_ratio)
+    scale = 1.0 / (-np.log(CORE_SEVERITY)) ** (1.0 / p)
+    return np.exp(-((distance / scale) ** p)).astype(np.float32)
+
+
+def make_pathology(rng: np.random.Generator) -> dict:
+    """Draws the case's lesions and look-alikes on the 2 mm template grid.
+
+    Returns dict with "stack" [x, y, z, len(CHANNELS)], "label" [x, y, z, 1] (the later DWI lesion, soft),
+    "affine" (2 mm grid -> MNI mm) and "params" (lesion type, side, growth, reperfusion).
+    """
+    atlas = coarse_anatomy()
+    shape = atlas["shape"]
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    hemisphere = (atlas["x"] * side > 3).astype(np.float32)
+    kind = str(rng.choice(LESION_TYPES))
+    tissue = np.clip(atlas["tissue"], 0, 1)
+    severity = np.zeros(shape, np.float32)
+    if kind in ("mca", "aca", "pca"):
+        territory = atlas["territories"][kind] * hemisphere
+        core_mm = float(np.exp(rng.normal(np.log(14.0), 0.5)))
+        severity = _lesion(rng, atlas, territory * tissue, core_mm, rng.uniform(1.5, 3.0), 0.3) * (territory > 0.2)
+        severity *= np.clip(territory * 1.5, 0, 1)
+    elif kind == "lacune":
+        severity = _lesion(rng, atlas, atlas["deep"] * hemisphere, rng.uniform(3.0, 8.0), rng.uniform(1.2, 1.8), 0.2)
+    else:  # embolic shower: 2-5 small lesions in one hemisphere's MCA territory
+        territory = atlas["territories"]["mca"] * hemisphere
+        for _ in range(int(rng.integers(2, 6))):
+            severity = np.maximum(severity, _lesion(rng, atlas, territory * atlas["gm"], rng.uniform(3.0, 9.0),
+                                                    rng.uniform(1.3, 2.2), 0.25))
+        severity *= np.clip(territory * 1.5, 0, 1)
+    if rng.random() < 0.12:  # a second, independent lesion elsewhere
+        other = atlas["territories"][str(rng.choice(["mca", "pca", "aca"]))] * (1 - hemisphere if rng.random() < 0.5 else hemisphere)
+        severity = np.maximum(severity, _lesion(rng, atlas, other * tissue, rng.uniform(4, 12), rng.uniform(1.3, 2.5), 0.3)
+                              * (other > 0.2))
+    severity *= np.clip(tissue * 2.0, 0, 1)
+    severity = np.clip(severity * (1.0 + 0.08 * _field(rng, shape, 1.5)), 0, 1)
+
+    # The DWI label: growth into the penumbra (threshold lowered; more where severity, i.e. Tmax, is higher),
+    # or early reperfusion (threshold raised).
+    reperfused = rng.random() < 0.2
+    if reperfused:
+        shift = -rng.uniform(0.04, 0.2)
+    else:
+        shift = rng.uniform(0.0, 0.33) * (1.0 + 0.4 * _field(rng, shape, 4.0))
+    label = (severity + shift * (severity > 0.12)) - CORE_SEVERITY
+    label = 1.0 / (1.0 + np.exp(-label / 0.03)) * (tissue > 0.35)
+
+    old = np.zeros(shape, np.float32)
+    for _ in range(int(rng.random() < 0.35) + int(rng.random() < 0.1)):
+        hemi = (atlas["x"] * (side if rng.random() < 0.5 else -side) > 3).astype(np.float32)
+        terr = atlas["territories"][str(rng.choice(["mca", "pca", "aca"]))] * hemi
+        old = np.maximum(old, (_lesion(rng, atlas, terr * tissue, rng.uniform(4, 14), 1.3, 0.35) > 0.5).astype(np.float32))
+    old = ndimage.gaussian_filter(old, 0.7) * (severity < 0.2)
+    leuko = atlas["near_ventricle"] * float(rng.uniform(0.4, 1.0)) * (rng.random() < 0.4)
+    leuko = np.clip(leuko * (1 + 0.5 * _field(rng, shape, 3.0)), 0, 1)
+    contra = np.zeros(shape, np.float32)
+    if rng.random() < 0.15:
+        contra_territory = atlas["territories"]["mca"] * (1 - hemisphere)
+        contra = 0.28 * _lesion(rng, atlas, contra_territory * tissue, rng.uniform(15, 30), 1.5, 0.3) / CORE_SEVERITY
+    artery = _arteries(atlas, side, rng)
+    stack = np.stack([severity, old, leuko, contra, artery, atlas["vein"]], axis=-1).astype(np.float32)
+    params = {"lesion_type": kind, "side": "left" if side < 0 else "right", "reperfused": bool(reperfused),
+              "growth": round(float(np.mean(shift)), 3), "old_infarct": bool(old.max() > 0.5),
+              "leukoaraiosis": bool(leuko.max() > 0.1), "contralateral_oligaemia": bool(contra.max() > 0.05)}
+    return {"stack": stack, "label": label[..., None].astype(np.float32), "affine": atlas["affine"], "params": params}
+
+
+_ARTERY_PATHS = (  # MNI mm control points, right side (x > 0); mirrored for the left.
+    ((4, 2, -18), (14, 4, -16), (28, 6, -12), (38, 8, -6), (44, 2, 4), (48, -10, 16)),  # ICA-M1-M2
+    ((38, 8, -6), (42, 18, 6), (46, 24, 22)),  # M2 anterior
+    ((3, 2, -16), (4, 18, -8), (4, 30, 6), (5, 26, 24), (5, 8, 38), (5, -14, 48)),  # A1-A2 pericallosal
+    ((3, -18, -16), (12, -30, -12), (20, -48, -6), (14, -70, 2), (8, -86, 6)),  # P1-P2-calcarine
+)
+
+
+def _arteries(atlas: dict, side: float, rng: np.random.Generator) -> np.ndarray:
+    """Partial-volume fraction of large arteries (radius 1.5-2 mm) along fixed MNI paths, both sides."""
+    points = []
+    for path in _ARTERY_PATHS:
+        for sign in (1.0, -1.0):
+            path_mm = np.asarray(path, np.float32) * np.array([sign, 1, 1], np.float32)
+            for a, b in zip(path_mm[:-1], path_mm[1:]):
+                for t in np.linspace(0, 1, 8, endpoint=False):
+                    points.append(a + t * (b - a))
+    points = np.asarray(points) + rng.normal(0, 1.5, (len(points), 3)).astype(np.float32)
+    affine = atlas["affine"]
+    index = np.rint((points - affine[:3, 3]) / np.diag(affine)[:3]).astype(int)
+    seed = np.zeros(atlas["shape"], bool)
+    valid = np.all((index >= 0) & (index < np.asarray(atlas["shape"])), axis=1)
+    seed[tuple(index[valid].T)] = True
+    distance = ndimage.distance_transform_edt(~seed) * STEP
+    return np.clip(2.0 - distance, 0, 1).astype(np.float32) * 0.9
+
+
+def physiology(severity, contra, leuko, old):
+    """Relative CBF, relative CBV, delay (s) and dispersion (s) from the pathology channels (slab arrays)."""
+    cbf_rel = np.interp(severity, _S, _CBF) * (1 - 0.1 * contra) * (1 - 0.3 * leuko) * (1 - 0.8 * old)
+    cbv_rel = np.interp(severity, _S, _CBV) * (1 - 0.15 * leuko) * (1 - 0.75 * old)
+    delay = np.interp(severity, _S, _DELAY) + np.interp(contra, _S, _DELAY) - _DELAY[0] + 1.0 * leuko
+    dispersion = 0.6 + 2.5 * np.maximum(severity, contra)
+    return (cbf_rel.astype(np.float32), cbv_rel.astype(np.float32), delay.astype(np.float32),
+            dispersion.astype(np.float32))

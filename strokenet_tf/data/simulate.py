@@ -1,0 +1,132 @@
+"""One synthetic ISLES 2018-like case: brain anatomy, stroke, 4D CT perfusion and the maps a scanner makes.
+
+The steps, each in its own module:
+    anatomy    a real brain template (MNI ICBM152), posed and warped, cut into a 256 x 256 x Z slab
+    pathology  lesions in vascular territories, the later-DWI label, unlabelled look-alikes
+    scanner    physiology -> 4D series (HU, 1 s frames) and non-contrast CT, with a centre's noise
+    perfusion  CBF, CBV, MTT and Tmax deconvolved from that series (`strokenet_tf.perfusion`), then the
+               centre's smoothing and vendor scale, as the archives hold them
+The true maps (before acquisition and deconvolution) come along for checks, never as network input.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from strokenet_tf.data import anatomy, isles, pathology, scanner
+
+DEFAULT_DEPTHS: tuple[int, ...] = (2, 4, 8, 16, 22)
+# ISLES 2018 depth mix is unpublished per case; thick slabs dominate clinical CTP (8 and 16 most often).
+DEPTH_WEIGHTS = {2: 0.12, 4: 0.16, 8: 0.28, 16: 0.32, 22: 0.12}
+LABEL_VOLUME_RANGE_ML = (0.2, 200.0)
+MAX_PATHOLOGY_TRIES = 12
+
+
+def _draw_depth(rng: np.random.Generator, depths: Sequence[int]) -> int:
+    weights = np.array([DEPTH_WEIGHTS.get(int(d), 0.1) for d in depths], np.float64)
+    return int(rng.choice(np.asarray(depths), p=weights / weights.sum()))
+
+
+def _sample_fields(pathology_case: dict, head: dict, slab: anatomy.Slab, shift_mm: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The pathology channels on the slab (brain voxels only), and the label sampled in the shifted DWI pose."""
+    where = (head["gm"] + head["wm"] + head["csf"]) > 0.02
+    points = head["points"][where]
+    values = anatomy.trilinear(pathology_case["stack"], pathology_case["affine"], points,
+                               outside=(0.0,) * len(pathology.CHANNELS))
+    fields = {}
+    for c, name in enumerate(pathology.CHANNELS):
+        volume = np.zeros(slab.shape, np.float32)
+        volume[where] = values[:, c]
+        fields[name] = volume
+    shifted = points + (slab.linear @ shift_mm).astype(np.float32)
+    label = np.zeros(slab.shape, bool)
+    label[where] = anatomy.trilinear(pathology_case["label"], pathology_case["affine"], shifted, outside=(0.0,))[:, 0] > 0.5
+    return fields, label
+
+
+def vendor_maps(series: np.ndarray, slab: anatomy.Slab, centre: scanner.Centre) -> dict:
+    """CBF, CBV, MTT, Tmax as a scanner makes them: deconvolution of the series, vendor smoothing, 0 outside."""
+    from strokenet_tf.perfusion import deconvolution  # TensorFlow: imported only when maps are made
+
+    result = deconvolution.perfusion_maps(series, frame_interval_s=1.0)
+    maps = {key: np.asarray(result[key], np.float32) for key in ("cbf", "cbv", "mtt", "tmax")}
+    mask = np.asarray(result["brain_mask"], bool)
+    if centre.map_smoothing_mm > 0:
+        sigma = [0.0, centre.map_smoothing_mm / slab.spacing_mm[1], centre.map_smoothing_mm / slab.spacing_mm[2]]
+        weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+        maps = {k: ndimage.gaussian_filter(v * mask, sigma) / np.maximum(weight, 1e-3) for k, v in maps.items()}
+    limits = {"cbf": 1000.0, "cbv": 100.0, "mtt": 40.0, "tmax": 40.0}
+    return {k: (np.clip(v, 0.0, limits[k]) * mask).astype(np.float32) for k, v in maps.items()}
+
+
+def simulate_case(
+    rng: np.random.Generator,
+    size: int = 256,
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    with_pwi: bool = True,
+    centre: scanner.Centre | None = None,
+) -> dict:
+    """One case in physical units.
+
+    Args:
+        rng: the case's generator; everything is drawn from it, in a fixed order.
+        size: in-plane size; the field of view stays ~205-256 mm, so smaller sizes have coarser voxels.
+        depths: slice counts to choose from (weighted by `DEPTH_WEIGHTS`).
+        with_pwi: also return the 4D series for writing (the maps are made from it either way).
+        centre: the acquiring centre; drawn from `scanner.CENTRES` when None.
+
+    Returns:
+        dict with "maps" (modality -> array in NIfTI (x, y, z[, t]) order: float32 HU for CT, the four maps
+        in physical units, int16 HU for CT_4DPWI, uint8 OT), "truth" (true cbf, cbv, mtt, tmax, delay and
+        the CT-time core, NIfTI order), "affine", "zooms_mm", "codes", "ids", "vendor_scale",
+        "lesion_volume_ml" and "params".
+    """
+    ids = rng.choice(np.arange(100000, 1000000), size=len(isles.ALL_MODALITIES), replace=False)
+    ids = {m: str(i) for m, i in zip(isles.ALL_MODALITIES, ids)}
+    centre = centre or scanner.CENTRES[int(rng.integers(len(scanner.CENTRES)))]
+    depth = _draw_depth(rng, depths)
+    slab = anatomy.make_slab(rng, size, (depth,))
+    head = anatomy.make_head(rng, slab)
+    voxel_ml = float(np.prod(slab.spacing_mm)) / 1000.0
+    shift_mm = rng.uniform(1.0, 3.0) * _unit(rng) * np.array([1.0, 1.0, 0.5])
+    for _ in range(MAX_PATHOLOGY_TRIES):  # lesions wholly outside the slab are drawn again, as ISLES has none
+        lesion = pathology.make_pathology(rng)
+        fields, label = _sample_fields(lesion, head, slab, shift_mm)
+        volume_ml = float(label.sum()) * voxel_ml
+        if LABEL_VOLUME_RANGE_ML[0] <= volume_ml <= LABEL_VOLUME_RANGE_ML[1]:
+            break
+    acquisition = scanner.acquire(rng, head, fields, centre)
+    maps = vendor_maps(acquisition["series"], slab, centre)
+    vendor_scale = {isles.CBF: float(centre.vendor_scale[0] * rng.uniform(0.9, 1.1)),
+                    isles.CBV: float(centre.vendor_scale[1] * rng.uniform(0.9, 1.1))}
+    to_nifti = isles.network_to_nifti
+    out = {isles.CT: acquisition["ct"], isles.CBF: maps["cbf"], isles.CBV: maps["cbv"], isles.MTT: maps["mtt"],
+           isles.TMAX: maps["tmax"], isles.LABEL: label.astype(np.uint8)}
+    out = {m: to_nifti(v) for m, v in out.items()}
+    if with_pwi:
+        series = np.clip(np.rint(acquisition["series"]), -1024, 3071).astype(np.int16)
+        out[isles.PWI] = np.transpose(series, (2, 1, 0, 3))
+    truth = dict(acquisition["truth"])
+    truth["core"] = (fields["severity"] > pathology.CORE_SEVERITY).astype(np.uint8)
+    params = {**slab.params, **lesion["params"], **acquisition["params"],
+              "dwi_shift_mm": [round(float(v), 2) for v in shift_mm],
+              "core_volume_ml": round(float(truth["core"].sum()) * voxel_ml, 3)}
+    return {
+        "maps": out,
+        "truth": {k: to_nifti(v) for k, v in truth.items()},
+        "affine": slab.affine,
+        "zooms_mm": tuple(reversed(slab.spacing_mm)),
+        "codes": slab.codes,
+        "ids": ids,
+        "vendor_scale": vendor_scale,
+        "lesion_volume_ml": volume_ml,
+        "params": params,
+    }
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    vector = rng.standard_normal(3)
+    return vector / max(float(np.linalg.norm(vector)), 1e-6)
