@@ -203,6 +203,13 @@ def _warn(message: str) -> None:
 
 def run(config: CrossValidationConfig) -> dict[str, Any]:
     """Runs every selected fold, then writes and returns the cross-validation summary."""
+    from strokenet_tf.training import run_lock
+
+    with run_lock.hold(config.train.model_dir):  # one cross-validation per folder; each fold's train locks its own
+        return _run_folds(config)
+
+
+def _run_folds(config: CrossValidationConfig) -> dict[str, Any]:
     os.makedirs(config.train.model_dir, exist_ok=True)
     documents = {}
     for fold in config.folds:

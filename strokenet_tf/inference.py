@@ -136,9 +136,17 @@ def _load_from_run_dir(path: str, source: str, keras_path: str | None = None) ->
         if not os.path.isfile(keras_path):
             raise ModelLoadError(f"{path}: no {checkpointing.BEST_MODEL_FILE} yet (the run has not validated); "
                                  f"use the latest checkpoint instead")
-        model, loaded_from = _load_keras_file(keras_path), keras_path
+        try:
+            model, loaded_from = _load_keras_file(keras_path), keras_path
+        except ModelLoadError as error:  # damaged: the run's checkpoints keep its best weights (training.best_export)
+            raise ModelLoadError(f"{error}; re-run the run's training command to rewrite it from its checkpoints, "
+                                 f"or use the latest checkpoint instead") from None
     else:
-        checkpoint_path = checkpointing.latest_checkpoint(path)
+        try:  # a damaged newest checkpoint is reported (one line) and the next older intact one used
+            checkpoint_path = checkpointing.newest_intact_checkpoint(path)
+        except checkpointing.ModelDirError:
+            raise ModelLoadError(f"{path}: no intact training checkpoint under {checkpointing.CHECKPOINT_SUBDIR}/ "
+                                 f"(every one fails to read)") from None
         if checkpoint_path is None:
             raise ModelLoadError(f"{path}: no training checkpoint under {checkpointing.CHECKPOINT_SUBDIR}/")
         model = strokenet.build_strokenet(model_config)

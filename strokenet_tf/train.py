@@ -6,7 +6,8 @@ Usage:
 
 Runs the curriculum given by repeated --stage flags (or one stage of --epochs epochs), validates on the
 held-out fold, writes TensorBoard logs, checkpoints and MODEL_DIR/best.keras. Re-running the same command
-resumes an interrupted run; a model_dir holding a run with other settings is refused.
+resumes an interrupted run exactly (from the newest intact checkpoint); a model_dir holding a run with other
+settings, or in use by another trainer, is refused.
 """
 
 from __future__ import annotations
@@ -181,11 +182,11 @@ def config_from_flags(flag_values) -> config_lib.TrainConfig:
 
 def user_errors() -> tuple[type[Exception], ...]:
     from strokenet_tf.data import folds
-    from strokenet_tf.training import checkpointing, distribute, loop
+    from strokenet_tf.training import checkpointing, distribute, loop, run_lock
 
     return (
         config_lib.ConfigError, curriculum_lib.CurriculumError, folds.FoldError, isles.IslesFormatError,
-        checkpointing.ModelDirError, distribute.StrategyError, loop.TrainingError,
+        checkpointing.ModelDirError, distribute.StrategyError, loop.TrainingError, run_lock.RunLockError,
     )
 
 

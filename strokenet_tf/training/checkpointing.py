@@ -1,10 +1,13 @@
 """Run state, "latest" checkpoints for resuming, the best-by-validation-Dice export and config.json.
 
-Resuming: `tf.train.Checkpoint` holds the model, the optimizer (moments, iteration count, loss scale) and the
-run state below; `tf.train.CheckpointManager` keeps the newest few under MODEL_DIR/checkpoints. A TF checkpoint
+Resuming: `tf.train.Checkpoint` holds the model, the optimizer (moments, iteration count, loss scale), the
+state of the model's random-seed generators (dropout draws a new mask every step from a `keras.random.
+SeedGenerator` whose counter lives outside the weights: without it a resumed run drops other units than the
+uninterrupted one), the weights of the best validation so far and the run state below; `tf.train.CheckpointManager` keeps the newest few under MODEL_DIR/checkpoints. A TF checkpoint
 becomes visible only when the manager rewrites the small `checkpoint` index file, which it does atomically
 (temp file + rename) after the data and index files are complete, so a process killed mid-save leaves the
-previous checkpoint as the latest one.
+previous checkpoint as the latest one. A checkpoint damaged later (a truncated or altered file) is found by
+reading every tensor before restoring (`restore_newest_intact`); the next older intact one is used instead.
 
 Best model: MODEL_DIR/best.keras (`model.save`, the Keras v3 format) and MODEL_DIR/best.json (epoch, metrics),
 each written to a temporary name in the same folder and moved into place with `os.replace`.
@@ -13,11 +16,13 @@ each written to a temporary name in the same folder and moved into place with `o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping
 
 import tensorflow as tf
+from absl import logging
 
 from strokenet_tf import cli
 from strokenet_tf.data import atomic
@@ -43,6 +48,8 @@ class RunState:
         stage: curriculum stage index of `epoch` (kept for logs and checks).
         best_val_dice: best mean validation Dice so far (-1 before the first validation).
         best_epoch: epoch of `best_val_dice` (-1 before the first validation).
+        best_step: global step of `best_val_dice` (-1 before the first validation, and in checkpoints written
+            before the best weights were saved with the run).
     """
 
     epoch: tf.Variable
@@ -51,6 +58,7 @@ class RunState:
     stage: tf.Variable
     best_val_dice: tf.Variable
     best_epoch: tf.Variable
+    best_step: tf.Variable
 
     @classmethod
     def create(cls) -> "RunState":
@@ -64,6 +72,7 @@ class RunState:
             stage=counter("stage"),
             best_val_dice=tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_dice"),
             best_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch"),
+            best_step=tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step"),
         )
 
     def trackables(self) -> dict[str, tf.Variable]:
@@ -73,9 +82,19 @@ class RunState:
         return {name: variable.numpy().item() for name, variable in self.trackables().items()}
 
 
-def make_checkpoint(model, optimizer, state: RunState) -> tf.train.Checkpoint:
-    """One checkpoint object holding the model, the optimizer and the run state."""
-    return tf.train.Checkpoint(model=model, optimizer=optimizer, **state.trackables())
+def random_state_variables(model) -> list[tf.Variable]:
+    """The model's random state: every variable of `model.variables` that is not a weight (the counters of the
+    `keras.random.SeedGenerator`s behind dropout), as TensorFlow variables, in layer order."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable.value for variable in model.variables if id(variable) not in weights]
+
+
+def make_checkpoint(model, optimizer, state: RunState, best_weights=None) -> tf.train.Checkpoint:
+    """One checkpoint object holding the model, its random state, the optimizer, the run state and (optionally)
+    the best weights so far (a list of variables, see `best_export.BestWeights`)."""
+    extra = {"best_weights": list(best_weights)} if best_weights is not None else {}
+    return tf.train.Checkpoint(model=model, optimizer=optimizer, random_state=random_state_variables(model),
+                               **extra, **state.trackables())
 
 
 def make_manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int) -> tf.train.CheckpointManager:
@@ -90,15 +109,105 @@ def latest_checkpoint(model_dir: str) -> str | None:
     return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
-    """Restores the newest checkpoint of model_dir into `checkpoint`; returns its path (None if none).
+def _step_of(path: str) -> int:
+    try:
+        return int(path.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
-    The model and optimizer must be built first so that every saved value has a variable to go to.
+
+def checkpoint_candidates(model_dir: str) -> list[str]:
+    """Checkpoint prefixes under model_dir/checkpoints, newest (highest step) first.
+
+    Those the `checkpoint` index lists, plus complete-looking ones (with an .index file) it does not list: a
+    save killed after its files were in place but before the index named it, or an index that cannot be read.
+    """
+    directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    paths = set()
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # noqa: BLE001 - a damaged index file; the .index files below still name the checkpoints
+        state = None
+    if state is not None:
+        paths.update(os.path.join(directory, os.path.basename(p)) for p in state.all_model_checkpoint_paths)
+    paths.update(p[: -len(".index")] for p in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index")))
+    return sorted(paths, key=_step_of, reverse=True)
+
+
+def checkpoint_read_error(path: str) -> str | None:
+    """None when every tensor of the checkpoint at `path` reads back (TensorFlow checks each one's CRC32C),
+    else the reason in one line, e.g. "IndexError: Read less bytes than requested"."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # noqa: BLE001 - a damaged file raises IndexError, DataLossError, NotFoundError...
+        return f"{type(error).__name__}: {cli.first_line(error, 'unreadable')}"
+    return None
+
+
+def newest_intact_checkpoint(model_dir: str, warn=logging.warning) -> str | None:
+    """The newest checkpoint of model_dir that reads back completely; each newer damaged one is reported
+    through `warn` in one line. None when there is no checkpoint.
 
     Raises:
-        ModelDirError: when the checkpoint does not match the model (e.g. other widths).
+        ModelDirError: checkpoints exist but none is intact (one line saying how to start fresh).
     """
-    path = latest_checkpoint(model_dir)
+    candidates = checkpoint_candidates(model_dir)
+    damaged = []
+    for path in candidates:
+        reason = checkpoint_read_error(path)
+        if reason is None:
+            for bad, bad_reason in damaged:
+                warn(f"checkpoint {bad} cannot be read ({bad_reason}); using the older intact checkpoint {path}")
+            return path
+        damaged.append((path, reason))
+    if damaged:
+        names = ", ".join(os.path.basename(path) for path, _ in damaged)
+        raise ModelDirError(
+            f"--model_dir={model_dir}: no intact checkpoint to resume from ({names} cannot be read: "
+            f"{damaged[0][1]}); to start fresh, delete {model_dir} or use a new --model_dir"
+        )
+    return None
+
+
+def settle_index(model_dir: str, resumed_from: str, max_to_keep: int) -> None:
+    """Makes the checkpoint index name `resumed_from` as the latest (chief only, before the manager reads it).
+
+    Checkpoints newer than it (damaged ones that `newest_intact_checkpoint` skipped) are moved into
+    model_dir/checkpoints/damaged/ so that nothing resumes from them or lists them again; an index that does
+    not name `resumed_from` as its latest (unreadable, or a save killed before it updated the index) is
+    rewritten. A no-op in the usual case.
+    """
+    directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    candidates = checkpoint_candidates(model_dir)
+    newer = [path for path in candidates if _step_of(path) > _step_of(resumed_from)]
+    if newer:
+        aside = os.path.join(directory, "damaged")
+        os.makedirs(aside, exist_ok=True)
+        for path in newer:
+            for file in tf.io.gfile.glob(path + ".*"):
+                os.replace(file, os.path.join(aside, os.path.basename(file)))
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # noqa: BLE001 - an unreadable index is rewritten below
+        state = None
+    if newer or state is None or os.path.basename(state.model_checkpoint_path) != os.path.basename(resumed_from):
+        kept = [path for path in candidates if _step_of(path) <= _step_of(resumed_from)][:max_to_keep]
+        tf.train.update_checkpoint_state(directory, resumed_from, all_model_checkpoint_paths=list(reversed(kept)))
+
+
+def restore_newest_intact(checkpoint: tf.train.Checkpoint, model_dir: str, warn=logging.warning) -> str | None:
+    """Restores the newest intact checkpoint of model_dir into `checkpoint`; returns its path (None if none).
+
+    Every tensor is read once before restoring, so a damaged file never half-restores the model; damaged
+    newer checkpoints are reported (one line each) and skipped. The model and optimizer must be built first so
+    that every saved value has a variable to go to.
+
+    Raises:
+        ModelDirError: no checkpoint is intact, or one does not match the model (e.g. other widths).
+    """
+    path = newest_intact_checkpoint(model_dir, warn)
     if path is None:
         return None
     try:
@@ -109,15 +218,25 @@ def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | Non
     return path
 
 
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_best_model(model, directory: str, epoch: int, metrics: Mapping[str, float]) -> str:
-    """Atomically writes directory/best.keras and directory/best.json (epoch, metrics); returns the .keras path."""
+    """Atomically writes directory/best.keras and directory/best.json (epoch, metrics, the .keras file's SHA-256
+    so that a best.json never vouches for another best.keras); returns the .keras path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, BEST_MODEL_FILE)
     # The temporary name ends in "best.keras", the suffix model.save wants.
     with atomic.atomic_path(path) as temporary:
         model.save(str(temporary))
+        digest = file_sha256(str(temporary))
     values = {key: value if isinstance(value, int) else float(value) for key, value in metrics.items()}
-    record = {"epoch": int(epoch), "model": BEST_MODEL_FILE, **values}
+    record = {"epoch": int(epoch), "model": BEST_MODEL_FILE, "model_sha256": digest, **values}
     atomic.atomic_write_text(os.path.join(directory, BEST_METRICS_FILE), json.dumps(record, indent=2) + "\n")
     return path
 

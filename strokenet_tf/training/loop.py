@@ -14,9 +14,13 @@ expresses directly. The loop follows the TF custom-training guide
   optimizer's variable, so curriculum changes never retrace;
 - mixed precision: the `mixed_float16` policy and `keras.optimizers.LossScaleOptimizer`.
 
-Resuming: see `checkpointing`. The data order of an epoch depends only on (seed, epoch), so a run restored
-from a mid-epoch checkpoint skips the batches it already trained on and continues with the same ones it would
-have seen.
+Resuming is exact: every random draw of training is either a pure function of (seed, epoch, case, patch) —
+patch positions, augmentation, both shuffles (`pipeline`) — or saved in the checkpoint — the dropout
+seed generators' counters (`checkpointing`). A run restored from a mid-epoch checkpoint skips the batches it
+already trained on and continues with the ones it would have seen, with the same dropout masks; on one CPU
+device it ends bit for bit where the uninterrupted run ends. Only one process trains in a run folder at a time
+(`run_lock`); a damaged newest checkpoint is skipped for the next older intact one, and best.keras/best.json
+are made to agree with the restored state (`best_export`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from strokenet_tf.config import RUNTIME_FIELDS, TrainConfig
 from strokenet_tf.curriculum import CurriculumStage
 from strokenet_tf.data import augment, folds, isles, pipeline, preprocess
 from strokenet_tf.model import strokenet
-from strokenet_tf.training import checkpointing, distribute, summaries, validation
+from strokenet_tf.training import best_export, checkpointing, distribute, run_lock, summaries, validation
 
 
 class TrainingError(ValueError):
@@ -273,7 +277,7 @@ def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state
         })
 
 
-def _validate_and_export(config, strategy, chief, model, predict_fn, val_cases, state, writers, epoch) -> dict:
+def _validate_and_export(config, strategy, chief, best, predict_fn, val_cases, state, writers, epoch) -> dict:
     """Validates after `epoch` (0-based), logs it, and exports best.keras when the Dice improved."""
     global_step = int(state.global_step.numpy())
     result = validation.validate(predict_fn, val_cases, config.model.required_multiples)
@@ -289,9 +293,11 @@ def _validate_and_export(config, strategy, chief, model, predict_fn, val_cases, 
     if np.isfinite(dice) and dice > float(state.best_val_dice.numpy()):
         state.best_val_dice.assign(dice)
         state.best_epoch.assign(epoch + 1)
+        state.best_step.assign(global_step)
+        best.capture()
         # Every worker saves (to a scratch folder off the chief), as tf.distribute asks of collective saves.
         export_dir = distribute.write_dir(config.model_dir, strategy)
-        checkpointing.save_best_model(model, export_dir, epoch + 1, {**result.mean, "global_step": global_step})
+        best.export(export_dir, epoch + 1, {**result.mean, "global_step": global_step})
         distribute.remove_scratch_dir(export_dir, strategy)
     return result.mean
 
@@ -313,12 +319,21 @@ def train(
         TrainResult.
 
     Raises:
-        TrainingError, ConfigError, checkpointing.ModelDirError, ...: one-line errors about the inputs.
+        TrainingError, ConfigError, checkpointing.ModelDirError, run_lock.RunLockError (another process trains
+        in MODEL_DIR), ...: one-line errors about the inputs.
     """
     config.validate()
     config.curriculum.validate(len(augment.AUGMENTATION_STAGES), config.model.required_multiples)
     strategy = strategy or distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
+    model_dir = config.model_dir
+    # One writer per run folder (the chief: other workers write to scratch folders); released on return, and
+    # by the operating system if the process dies.
+    with run_lock.hold(model_dir, enabled=chief):
+        return _train_locked(config, strategy, chief, after_step)
+
+
+def _train_locked(config, strategy, chief, after_step) -> TrainResult:
     model_dir = config.model_dir
     # Refuse a model_dir of another run before reading data; record this run once its data has loaded.
     resuming = checkpointing.check_or_write_config(model_dir, config.to_dict(), RUNTIME_FIELDS, write=False)
@@ -335,20 +350,24 @@ def train(
             model = strokenet.build_strokenet(config.model)
             optimizer = make_optimizer(config)
             optimizer.build(model.trainable_variables)
-        return _run(config, strategy, chief, model, optimizer, train_cases, val_cases, resuming, after_step)
+            best = best_export.BestWeights(model)
+        return _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases, resuming, after_step)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(config, strategy, chief, model, optimizer, train_cases, val_cases, resuming, after_step) -> TrainResult:
+def _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases, resuming, after_step) -> TrainResult:
     model_dir = config.model_dir
     curriculum = config.curriculum
-    multiples = tuple(config.model.required_multiples)
     state = checkpointing.RunState.create()
-    checkpoint = checkpointing.make_checkpoint(model, optimizer, state)
+    checkpoint = checkpointing.make_checkpoint(model, optimizer, state, best.variables)
     checkpoint_dir = distribute.write_dir(model_dir, strategy)
+    resumed_from = checkpointing.restore_newest_intact(checkpoint, model_dir)
+    if chief:
+        if resumed_from:  # before the manager reads the index: damaged newer checkpoints are set aside
+            checkpointing.settle_index(model_dir, resumed_from, config.keep_checkpoints)
+        best_export.reconcile(model_dir, state, best)
     manager = checkpointing.make_manager(checkpoint, checkpoint_dir, config.keep_checkpoints)
-    resumed_from = checkpointing.restore_latest(checkpoint, model_dir)
     writers = summaries.SummaryWriters(model_dir, chief)
     if not resuming:
         writers.hparams(config.to_dict(), trial_id=os.path.basename(os.path.abspath(model_dir)))
@@ -374,7 +393,7 @@ def _run(config, strategy, chief, model, optimizer, train_cases, val_cases, resu
                          save_checkpoint, after_step, announce_stage=epoch == first_epoch)
             if (epoch + 1) % config.validate_every_epochs == 0 or epoch + 1 == curriculum.total_epochs:
                 last_metrics = _validate_and_export(
-                    config, strategy, chief, model, predict_fn, val_cases, state, writers, epoch
+                    config, strategy, chief, best, predict_fn, val_cases, state, writers, epoch
                 )
             writers.flush()
             state.epoch.assign_add(1)
