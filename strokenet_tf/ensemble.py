@@ -53,7 +53,7 @@ def resolve_members(paths: Sequence[str], source: str = "best") -> list[str]:
     members = []
     for path in paths:
         if not os.path.exists(path):
-            raise inference.ModelLoadError(f"{path}: no such run folder, model file or cross-validation folder")
+            raise inference.ModelLoadError(f"{path}: no such model folder or file (run folder, .keras file or cross-validation folder)")
         if is_cross_validation_dir(path):
             for fold in fold_dirs(path):
                 if not os.path.isfile(os.path.join(fold, EVAL_SUMMARY)):
@@ -147,3 +147,28 @@ def best_fold(cv_dir: str, metric: str = "dice") -> str:
     except (OSError, ValueError, KeyError) as error:
         raise inference.ModelLoadError(f"{path}: unreadable cross-validation summary ({error})") from None
     return os.path.join(cv_dir, f"fold_{fold}")
+
+
+def uncertainty_summary(outputs: dict[str, Any], spacing_mm: Sequence[float]) -> dict[str, Any] | None:
+    """Per-case uncertainty of `Segmenter.analyse_case` outputs: the members' core-volume interval (min-max),
+    each member's Dice against the ensemble mask, the disagreement flag and the mean entropy inside the core.
+    None for outputs without member volumes (an export made before the report signature)."""
+    import numpy as np
+
+    if inference.MEMBER_VOLUMES_KEY not in outputs:
+        return None
+    volumes = [float(v) for v in np.atleast_1d(outputs[inference.MEMBER_VOLUMES_KEY])]
+    mask = np.asarray(outputs[inference.MASK_KEY]) > 0
+    entropy = np.asarray(outputs[inference.UNCERTAINTY_KEY])
+    return {
+        "n_members": len(volumes),
+        "member_core_volumes_ml": volumes,
+        "core_volume_interval_ml": [min(volumes), max(volumes)],
+        "member_dice_vs_ensemble": [float(v) for v in np.atleast_1d(outputs["member_dice"])],
+        "members_disagree": bool(outputs[inference.DISAGREE_KEY]),
+        "disagreement_rule": (f"core-volume range > {inference.DISAGREEMENT_RELATIVE_RANGE:g} x the ensemble core "
+                              f"volume (at least 1 mL), or a member's Dice vs the ensemble mask < "
+                              f"{inference.DISAGREEMENT_MIN_DICE:g}"),
+        "mean_entropy_bits_in_core": float(entropy[mask].mean()) if mask.any() else None,
+        "uncertain_volume_ml": float(np.count_nonzero(entropy > 0.5)) * float(np.prod(spacing_mm)) / 1000.0,
+    }

@@ -3,10 +3,14 @@ r"""Exports a trained StrokeNet run as a TF-Serving SavedModel: EXPORT_BASE/<mod
 Usage:
     python -m strokenet_tf.export --model_dir=runs/fold0 --export_base=exports [--model_name=strokenet]
         [--version=N] [--overwrite] [--source=best|latest] [--threshold=0.5] [--warmup_depths=8]
+    python -m strokenet_tf.export --model_dir=runs/cv --export_base=exports     # every fold as one ensemble
+    python -m strokenet_tf.export --model_dir=runs/a,runs/b --export_base=exports [--mirror=off]
 
 The SavedModel's `serving_default` signature takes raw perfusion maps float32 [batch, depth, height, width,
 channels] (channel order in assets.extra/strokenet_metadata.json) and returns "probabilities" (float32) and
-"mask" (uint8) of the same spatial shape; preprocessing, padding, crop and threshold are in the graph. The
+"mask" (uint8) and "uncertainty" of the same spatial shape; preprocessing, padding, the ensemble average
+(left-right mirroring, calibration temperature), crop and threshold are in the graph; the `report` signature
+adds the perfusion-mismatch report (research output, not a medical device). The
 version defaults to the next free integer; an existing version is replaced only with --overwrite. Prints the
 version folder and the `docker run` command that serves it (see export/README.md).
 """
@@ -27,7 +31,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the exporter's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_string("model_dir", None, "Training run folder (config.json, best.keras, checkpoints/) or a "
-                        ".keras file.", **fv)
+                        ".keras file; several separated by commas, or a cross_validate folder (every fold), export "
+                        "one ensemble.", **fv)
+    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
+                      "ensemble, off for a single run).", **fv)
+    flags.DEFINE_float("temperature", None, "Calibration temperature (default: the cross_validate folder's "
+                       "calibration.json, else 1).", **fv)
     flags.DEFINE_string("export_base", None, "EXPORT_BASE: the version is written to "
                         "EXPORT_BASE/<model_name>/<version>/ (TF-Serving's model base path is "
                         "EXPORT_BASE/<model_name>).", **fv)
@@ -64,6 +73,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.Expor
         warmup_depths=depths,
         warmup_size=flag_values.warmup_size,
         verify=flag_values.verify,
+        mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
+        temperature=flag_values.temperature,
     ).validate()
 
 
@@ -87,8 +98,12 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
         absl_logging.set_verbosity(verbosity)
     difference = ("" if result.max_probability_difference is None
                   else f", max |probability difference| vs Segmenter {result.max_probability_difference:.2g}")
-    print(f"Exported {config.model_dir} ({config.source}) as {config.model_name} version {result.version}: "
-          f"{result.version_dir} ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s{difference}).")
+    ensemble = result.metadata["ensemble"]
+    members = (f"{ensemble['n_members']} member(s), mirroring {'on' if ensemble['mirror'] else 'off'}, "
+               f"temperature {ensemble['temperature']:.3g}")
+    print(f"Exported {config.model_dir} ({config.source}; {members}) as {config.model_name} version "
+          f"{result.version}: {result.version_dir} ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
+          f"{difference}).")
     print("Serve it with TF-Serving (gRPC :8500, REST :8501; see export/README.md):")
     print(export_lib.serving_command(config.export_base, config.model_name, export_lib.deployment_dir()))
 

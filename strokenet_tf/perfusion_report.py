@@ -46,6 +46,8 @@ STATUS_TEXT = {
                               f"{PLAUSIBLE_TMAX_P99_S[0]}-{PLAUSIBLE_TMAX_P99_S[1]} s): no hypoperfusion volume "
                               f"and no criteria"),
 }
+HYPOPERFUSION_MASK_KEY = "hypoperfusion_mask"
+"""uint8 [batch, depth, height, width]: Tmax > 6 s inside the brain (all 0 when not evaluable); for the montage."""
 REPORT_KEYS = ("core_volume_ml", "hypoperfusion_volume_ml", "severe_hypoperfusion_volume_ml", "mismatch_volume_ml",
                "mismatch_ratio", "hypoperfusion_intensity_ratio", "tmax_p99_s", "defuse3", "extend_ia",
                "perfusion_status")
@@ -58,11 +60,11 @@ def _volume_ml(mask: tf.Tensor, voxel_ml: tf.Tensor) -> tf.Tensor:
 
 def tmax_p99(tmax: tf.Tensor, brain: tf.Tensor) -> tf.Tensor:
     """99th percentile of Tmax inside the brain, per case: float32 [batch] (0 for an empty brain)."""
-    def one(args):
-        values, mask = args
-        return preprocess.masked_percentiles(values[..., tf.newaxis], mask, (99.0,))[0, 0]
+    def one_case(values_and_mask):  # [d, h, w, 2]: Tmax and the brain mask as 0/1
+        return preprocess.masked_percentiles(values_and_mask[..., :1], values_and_mask[..., 1] > 0.5, (99.0,))[0, 0]
 
-    return tf.map_fn(one, (tmax, brain), fn_output_signature=tf.float32)
+    stacked = tf.stack([tmax, tf.cast(brain, tf.float32)], axis=-1)
+    return tf.map_fn(one_case, stacked, fn_output_signature=tf.float32)
 
 
 def graph_report(image: tf.Tensor, channels: Sequence[str], core_mask: tf.Tensor,
@@ -77,7 +79,8 @@ def graph_report(image: tf.Tensor, channels: Sequence[str], core_mask: tf.Tensor
 
     Returns:
         float32 [batch] volumes (mL) and ratios (NaN where not evaluable), int32 [batch] flags `defuse3`,
-        `extend_ia` (1 met, 0 not met, -1 not evaluable) and `perfusion_status`.
+        `extend_ia` (1 met, 0 not met, -1 not evaluable) and `perfusion_status`, and the uint8
+        `hypoperfusion_mask`.
     """
     voxel_ml = tf.reduce_prod(tf.cast(voxel_size_mm, tf.float32), axis=-1) / 1000.0
     core_ml = _volume_ml(core_mask > 0, voxel_ml)
@@ -88,7 +91,8 @@ def graph_report(image: tf.Tensor, channels: Sequence[str], core_mask: tf.Tensor
         return {"core_volume_ml": core_ml, "hypoperfusion_volume_ml": nan, "severe_hypoperfusion_volume_ml": nan,
                 "mismatch_volume_ml": nan, "mismatch_ratio": nan, "hypoperfusion_intensity_ratio": nan,
                 "tmax_p99_s": nan, "defuse3": unknown, "extend_ia": unknown,
-                "perfusion_status": tf.fill([batch], STATUS_NO_TMAX)}
+                "perfusion_status": tf.fill([batch], STATUS_NO_TMAX),
+                HYPOPERFUSION_MASK_KEY: tf.zeros_like(core_mask, tf.uint8)}
     finite = tf.where(tf.math.is_finite(image), image, tf.zeros_like(image))
     brain = preprocess.brain_mask(finite, channels)
     tmax = finite[..., list(channels).index(isles.TMAX)]
@@ -117,7 +121,9 @@ def graph_report(image: tf.Tensor, channels: Sequence[str], core_mask: tf.Tensor
             "severe_hypoperfusion_volume_ml": gated(severe_ml), "mismatch_volume_ml": gated(mismatch_ml),
             "mismatch_ratio": gated(ratio), "hypoperfusion_intensity_ratio": gated(hir), "tmax_p99_s": p99,
             "defuse3": flag(defuse3), "extend_ia": flag(extend_ia),
-            "perfusion_status": tf.where(plausible, STATUS_OK, STATUS_IMPLAUSIBLE_TMAX)}
+            "perfusion_status": tf.where(plausible, STATUS_OK, STATUS_IMPLAUSIBLE_TMAX),
+            HYPOPERFUSION_MASK_KEY: tf.cast(brain & (tmax > HYPOPERFUSION_TMAX_S)
+                                            & plausible[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.uint8)}
 
 
 def _number(value) -> float | None:

@@ -133,5 +133,5 @@ def test_members_with_other_channels_are_refused_naming_the_difference(cv_dir, t
 
 
 def test_missing_member_path_is_one_line(tmp_path):
-    with pytest.raises(inference.ModelLoadError, match="no such run folder"):
+    with pytest.raises(inference.ModelLoadError, match="no such model folder or file"):
         ensemble.load_ensemble([str(tmp_path / "nope")])

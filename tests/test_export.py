@@ -112,13 +112,13 @@ def test_cli_publishes_version_1_with_metadata_warmup_and_serving_command(export
 
 
 def test_signatures_have_the_contract_names_dtypes_and_dynamic_dims(loaded):
-    assert set(signatures.SIGNATURES) <= set(loaded.signatures)
+    assert set(signatures.EXPORTED_SIGNATURES) <= set(loaded.signatures)
     default = loaded.signatures[signatures.SERVING_DEFAULT]
     (image_spec,) = default.structured_input_signature[1].values()
     assert list(default.structured_input_signature[1]) == [inference.INPUT_KEY]
     assert image_spec.dtype == tf.float32 and image_spec.shape.as_list() == [None, None, None, None, 5]
     outputs = default.structured_outputs
-    assert set(outputs) == {inference.PROBABILITIES_KEY, inference.MASK_KEY}
+    assert set(outputs) == {inference.PROBABILITIES_KEY, inference.MASK_KEY, inference.UNCERTAINTY_KEY}
     assert outputs[inference.PROBABILITIES_KEY].dtype == tf.float32
     assert outputs[inference.MASK_KEY].dtype == tf.uint8
     assert outputs[inference.MASK_KEY].shape.as_list() == [None, None, None, None]
@@ -190,7 +190,8 @@ def test_fresh_process_loads_the_export_and_saved_model_cli_shows_it(exported):
     result = json.loads(loaded.stdout.split("RESULT ", 1)[1])
     assert result["serving_default"] == [{"image": ["float32", [None, None, None, None, 5]]},
                                          {"mask": ["uint8", [None, None, None, None]],
-                                          "probabilities": ["float32", [None, None, None, None]]}]
+                                          "probabilities": ["float32", [None, None, None, None]],
+                                          "uncertainty": ["float32", [None, None, None, None]]}]
     assert result["serialized"][0] == {"image_bytes": ["string", [None]]}
     assert result["run"] == [[1, 3, 9, 10], "uint8"]
 

@@ -64,7 +64,8 @@ class ExportConfig:
     """What to export and where.
 
     Attributes:
-        model_dir: training run folder (or a .keras file).
+        model_dir: training run folder (or a .keras file); several separated by commas, or a cross-validation
+            folder (`cross_validate` MODEL_DIR): one ensemble (`ensemble.load_ensemble`).
         export_base: EXPORT_BASE; the version lands in EXPORT_BASE/model_name/version.
         model_name: TF-Serving model name (folder name and models.config `name`).
         version: integer version, or None for the next free one (1 for a new model).
@@ -74,6 +75,8 @@ class ExportConfig:
         warmup_depths: one warmup request per depth (empty: no warmup file).
         warmup_size: in-plane size of the warmup volumes (256 for ISLES 2018).
         verify: reload the staged SavedModel and check it against the Segmenter before publishing.
+        mirror: left-right test-time mirroring; None = on for an ensemble, off for a single run.
+        temperature: calibration temperature; None = the cross-validation folder's calibration.json, else 1.
     """
 
     model_dir: str
@@ -86,8 +89,12 @@ class ExportConfig:
     warmup_depths: tuple[int, ...] = warmup.DEFAULT_DEPTHS
     warmup_size: int = warmup.DEFAULT_SIZE
     verify: bool = True
+    mirror: bool | None = None
+    temperature: float | None = None
 
     def validate(self) -> "ExportConfig":
+        if self.temperature is not None and not 0.0 < self.temperature < float("inf"):
+            raise ExportError(f"--temperature: expected a positive number, got {self.temperature}")
         if not _MODEL_NAME_PATTERN.fullmatch(self.model_name or ""):
             raise ExportError(f"--model_name: expected letters, digits, '_', '.', '-' (not starting with '.' or "
                               f"'-'), got {self.model_name!r}")
@@ -137,11 +144,14 @@ def next_version(model_base: str) -> int:
 
 
 def build_export_archive(segmenter: inference.Segmenter) -> keras.export.ExportArchive:
-    """An ExportArchive with the tracked Keras model and the `serving_default` and `serialized` endpoints."""
+    """An ExportArchive with the tracked Keras models (every ensemble member) and the `serving_default`,
+    `serialized` and `report` endpoints."""
     archive = keras.export.ExportArchive()
-    archive.track(segmenter.model)
+    for model in segmenter.models:
+        archive.track(model)
     archive.add_endpoint(signatures.SERVING_DEFAULT, segmenter.segment)
     archive.add_endpoint(signatures.SERIALIZED, signatures.serialized_endpoint(segmenter))
+    archive.add_endpoint(signatures.REPORT, segmenter.report)
     return archive
 
 
@@ -194,7 +204,7 @@ def verify_export(version_dir: str, segmenter: inference.Segmenter,
             `PROBABILITY_TOLERANCE` that differs.
     """
     loaded = tf.saved_model.load(version_dir)
-    missing = [name for name in signatures.SIGNATURES if name not in loaded.signatures]
+    missing = [name for name in signatures.EXPORTED_SIGNATURES if name not in loaded.signatures]
     if missing:
         raise ExportError(f"{version_dir}: SavedModel lacks signature(s) {', '.join(missing)}")
     images = []
@@ -214,6 +224,14 @@ def verify_export(version_dir: str, segmenter: inference.Segmenter,
         serialized = tf.constant([client_lib.serialize_image(small)])
         actual = loaded.signatures[signatures.SERIALIZED](**{signatures.SERIALIZED_INPUT_KEY: serialized})
         difference = max(difference, _max_difference(expected, actual, f"{version_dir} serialized"))
+        spacing = tf.constant([[5.0, 1.0, 1.0]], tf.float32)
+        expected = segmenter.report(tf.constant(small[np.newaxis]), spacing)
+        actual = loaded.signatures[signatures.REPORT](**{inference.INPUT_KEY: tf.constant(small[np.newaxis]),
+                                                         inference.VOXEL_SIZE_KEY: spacing})
+        difference = max(difference, _max_difference(expected, actual, f"{version_dir} report"))
+        for key in ("core_volume_ml", "hypoperfusion_volume_ml", inference.MEMBER_VOLUMES_KEY):
+            if not np.allclose(np.asarray(expected[key]), np.asarray(actual[key]), rtol=1e-5, equal_nan=True):
+                raise ExportError(f"{version_dir} report: {key} differs from the Segmenter's")
     return difference
 
 
@@ -356,12 +374,21 @@ def export_run(config: ExportConfig) -> ExportResult:
     model_base = os.path.join(config.export_base, config.model_name)
     version = config.version if config.version is not None else next_version(model_base)
     _refuse_existing(model_base, version, config.overwrite)  # before the slow part
-    segmenter = inference.Segmenter.from_run(config.model_dir, config.source, config.threshold)
+    from strokenet_tf import ensemble
+
+    paths = [path for path in config.model_dir.split(",") if path]
+    segmenter = ensemble.load_ensemble(paths, config.source, config.threshold, mirror=config.mirror,
+                                       temperature=config.temperature)
     images = warmup.warmup_images(segmenter.channels, config.warmup_depths, config.warmup_size)
     metadata = metadata_lib.build_metadata(
-        segmenter.trained, config.model_dir, config.source, config.threshold, config.model_name, version,
+        segmenter.trained, segmenter.member_paths[0], config.source, config.threshold, config.model_name, version,
         warmup_shapes=[image.shape[:3] for image in images],
     )
+    metadata["ensemble"] = metadata_lib.ensemble_summary(segmenter)
+    metadata["mirror"] = bool(segmenter.mirror)
+    metadata["temperature"] = float(segmenter.temperature)
+    if len(segmenter.member_paths) > 1 or paths != segmenter.member_paths:
+        metadata["run_dir"] = ",".join(os.path.abspath(path) for path in paths)
     version_dir, difference = export_segmenter(segmenter, model_base, version, metadata, images,
                                                overwrite=config.overwrite, verify=config.verify)
     return ExportResult(version_dir, version, time.perf_counter() - start, _tree_size_bytes(version_dir),

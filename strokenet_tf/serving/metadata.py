@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from strokenet_tf import inference
+from strokenet_tf import inference, perfusion_report
 from strokenet_tf.data import atomic, preprocess
 from strokenet_tf.serving import signatures
 from strokenet_tf.training import checkpointing
@@ -53,12 +53,41 @@ def _tensor_info(shape: Sequence[int | None], dtype: str) -> dict[str, Any]:
 def signature_summary(channels: int) -> dict[str, Any]:
     """What `saved_model_cli show` reports, in plain JSON (-1 = dynamic)."""
     outputs = {inference.PROBABILITIES_KEY: _tensor_info([None] * 4, "float32"),
-               inference.MASK_KEY: _tensor_info([None] * 4, "uint8")}
+               inference.MASK_KEY: _tensor_info([None] * 4, "uint8"),
+               inference.UNCERTAINTY_KEY: _tensor_info([None] * 4, "float32")}
+    image = {inference.INPUT_KEY: _tensor_info([None] * 4 + [channels], "float32")}
+    per_case = {key: _tensor_info([None], "int32" if key in ("defuse3", "extend_ia", "perfusion_status")
+                                  else "float32") for key in perfusion_report.REPORT_KEYS}
+    report_outputs = {**outputs, **per_case, inference.MEMBER_VOLUMES_KEY: _tensor_info([None, None], "float32"),
+                      "member_dice": _tensor_info([None, None], "float32"),
+                      inference.DISAGREE_KEY: _tensor_info([None], "bool"),
+                      perfusion_report.HYPOPERFUSION_MASK_KEY: _tensor_info([None] * 4, "uint8")}
     return {
-        signatures.SERVING_DEFAULT: {"inputs": {inference.INPUT_KEY: _tensor_info([None] * 4 + [channels], "float32")},
-                                     "outputs": outputs},
+        signatures.SERVING_DEFAULT: {"inputs": image, "outputs": outputs},
         signatures.SERIALIZED: {"inputs": {signatures.SERIALIZED_INPUT_KEY: _tensor_info([None], "string")},
                                 "outputs": outputs},
+        signatures.REPORT: {"inputs": {**image, inference.VOXEL_SIZE_KEY: _tensor_info([None, 3], "float32")},
+                            "outputs": report_outputs},
+    }
+
+
+def ensemble_summary(segmenter: inference.Segmenter) -> dict[str, Any]:
+    """Members (run id, weights file and its sha256), mirroring and calibration of an export."""
+    members = getattr(segmenter, "members", None) or [segmenter.trained]
+    paths = getattr(segmenter, "member_paths", None) or [member.source for member in members]
+    return {
+        "n_members": len(members),
+        "members": [{"run_id": run_id(path), "run_dir": os.path.abspath(path),
+                     "source_checkpoint": os.path.abspath(member.source),
+                     "source_sha256": _sha256_of_file(member.source) if os.path.isfile(member.source) else None,
+                     "best_record": dict(member.best_record) if member.best_record else None}
+                    for member, path in zip(members, paths)],
+        "mirror": bool(segmenter.mirror),
+        "test_time_augmentation": "left-right (width axis) mirroring, averaged" if segmenter.mirror else "none",
+        "temperature": float(segmenter.temperature),
+        "probability": "mean of the members' sigmoid probabilities, then sigmoid(logit(p) / temperature)",
+        "uncertainty": "binary predictive entropy of the final probability, in bits (0-1)",
+        "perfusion_report": perfusion_report.DISCLAIMER,
     }
 
 

@@ -1,7 +1,14 @@
 """Names and functions of the exported serving signatures (the contract between export, TF-Serving and client).
 
 `serving_default` is `inference.Segmenter.segment` itself: raw maps float32 `[batch, depth, height, width,
-channels]` under the key "image" -> "probabilities" float32 and "mask" uint8, `[batch, depth, height, width]`.
+channels]` under the key "image" -> "probabilities" float32, "mask" uint8 and "uncertainty" float32 (predictive
+entropy in bits), `[batch, depth, height, width]`. For an ensemble the members' probabilities are averaged (and
+mirrored, calibrated) inside it.
+
+`report` is `inference.Segmenter.report`: "image" plus "voxel_size_mm" float32 `[batch, 3]` -> the outputs of
+`serving_default` plus, per case, the perfusion report of `perfusion_report.graph_report` (core, Tmax > 6 s
+hypoperfusion, mismatch volume and ratio, HIR, DEFUSE-3 / EXTEND-IA flags, status), every member's core volume
+and the members' disagreement flag. Research output, not a medical device.
 
 `serialized` accepts the same raw maps as serialized `TensorProto`s, one string per case (key "image_bytes"),
 parses them in the graph and calls the same `Segmenter.segment`. Over REST a string travels as base64
@@ -17,13 +24,17 @@ from strokenet_tf import inference
 
 SERVING_DEFAULT = "serving_default"
 SERIALIZED = "serialized"
+REPORT = inference.REPORT_SIGNATURE
 SIGNATURES = (SERVING_DEFAULT, SERIALIZED)
+"""The signatures that take the image alone (what `serving_client` can call)."""
+EXPORTED_SIGNATURES = SIGNATURES + (REPORT,)
 SERIALIZED_INPUT_KEY = "image_bytes"
 """Input of `SERIALIZED`: string [batch], each a serialized float32 TensorProto [depth, height, width, channels].
 The `_bytes` suffix is TF-Serving's REST convention for binary strings."""
 
 INPUT_KEYS = {SERVING_DEFAULT: inference.INPUT_KEY, SERIALIZED: SERIALIZED_INPUT_KEY}
 OUTPUT_KEYS = (inference.PROBABILITIES_KEY, inference.MASK_KEY)
+"""What `serving_client` asks for; `serving_default` also returns "uncertainty" (predictive entropy, bits)."""
 
 
 def serialized_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental.GenericFunction:
