@@ -95,3 +95,169 @@ def test_tracer_rejects_bad_input():
         tracer.tissue_curves(_aif(), 1.0, 50.0, -1.0)
     with pytest.raises(ValueError, match="hold 3 values"):
         tracer.tissue_curves(_aif(), 1.0, [1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Deconvolution: tiny volumes built with the forward model, a known AIF in a few 'artery' voxels and a VOF.
+
+import tensorflow as tf  # noqa: E402
+
+from strokenet_tf.perfusion import arterial, deconvolution, masking  # noqa: E402
+
+SHAPE = (2, 16, 16)
+ARTERIES = [(0, 4, 5), (0, 4, 6), (1, 4, 5), (1, 4, 6), (0, 11, 10), (1, 11, 10)]
+VEINS = [(0, 8, 13), (1, 8, 13), (0, 9, 13), (1, 9, 13)]
+
+
+def _phantom(delay_s=None, dispersion_s=1.0, noise_hu=0.0, artery_fraction=1.0, seed=0, mtt_range=(2.0, 8.0)):
+    """Series [2, 16, 16, 45] in HU (tissue 35 HU, air -1000 HU in the corners) and the true parameters."""
+    rng = np.random.default_rng(seed)
+    d, h, w = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    brain = ((h - 7.5) / 7.9) ** 2 + ((w - 7.5) / 7.9) ** 2 < 1.0
+    count = brain.sum()
+    truth = {
+        "cbf": rng.uniform(15.0, 70.0, count), "mtt": rng.uniform(*mtt_range, count),
+        "delay": rng.uniform(0.0, 3.0, count) if delay_s is None else np.full(count, float(delay_s)),
+        "dispersion": np.full(count, float(dispersion_s)),
+    }
+    aif = _aif()
+    series = np.full(SHAPE + (FRAMES,), -1000.0, np.float32)
+    series[brain] = 35.0 + tracer.tissue_curves(
+        aif, 1.0, truth["cbf"], truth["mtt"], truth["delay"], truth["dispersion"])
+    tissue = brain.copy()
+    for voxel in ARTERIES:
+        series[voxel] = 35.0 + artery_fraction * aif
+        tissue[voxel] = False
+    for voxel in VEINS:
+        series[voxel] = 35.0 + tracer.transport(aif, 1.0, 4.0, 2.5)[0]
+        tissue[voxel] = False
+    series[brain] += noise_hu * rng.standard_normal((count, FRAMES)).astype(np.float32)
+    maps = {name: np.zeros(SHAPE) for name in ("cbf", "cbv", "mtt", "tmax", "apparent_cbf")}
+    maps["cbf"][brain], maps["mtt"][brain] = truth["cbf"], truth["mtt"]
+    maps["cbv"][brain] = truth["cbf"] * truth["mtt"] / 60.0
+    maps["tmax"][brain] = tracer.true_tmax_s(truth["mtt"], truth["delay"], truth["dispersion"])
+    maps["apparent_cbf"][brain] = truth["cbf"] * tracer.apparent_cbf_fraction(truth["mtt"], truth["dispersion"])
+    return series, maps, tissue
+
+
+def _maps(series, **kwargs):
+    kwargs.setdefault("smoothing_sigma_voxels", 0.0)
+    return {k: v.numpy() for k, v in deconvolution.perfusion_maps(tf.constant(series), 1.0, **kwargs).items()}
+
+
+def test_recovers_maps_without_noise():
+    series, truth, tissue = _phantom()
+    maps = _maps(series)
+    assert maps["aif_found"] and maps["vof_found"]
+    assert maps["aif_voxels"] == len(ARTERIES) and maps["vof_voxels"] == len(VEINS)
+    assert all(maps["aif_mask"][v] for v in ARTERIES) and all(maps["vof_mask"][v] for v in VEINS)
+    np.testing.assert_allclose(maps["aif"], _aif(), rtol=1e-4, atol=1e-3)
+    # The 3x3-smoothed mask loses the rim next to air.
+    assert maps["brain_mask"][tissue].mean() > 0.6
+    tissue &= maps["brain_mask"]
+    cbf_ratio = maps["cbf"][tissue] / truth["apparent_cbf"][tissue]
+    assert abs(np.median(cbf_ratio) - 1) < 0.06 and np.percentile(np.abs(cbf_ratio - 1), 90) < 0.12
+    cbv_ratio = maps["cbv"][tissue] / truth["cbv"][tissue]
+    assert abs(np.median(cbv_ratio) - 1) < 0.02 and np.max(np.abs(cbv_ratio - 1)) < 0.05
+    apparent_mtt = truth["cbv"][tissue] * 60 / truth["apparent_cbf"][tissue]
+    mtt_ratio = maps["mtt"][tissue] / apparent_mtt
+    assert abs(np.median(mtt_ratio) - 1) < 0.07 and np.percentile(np.abs(mtt_ratio - 1), 90) < 0.15
+    tmax_error = maps["tmax"][tissue] - truth["tmax"][tissue]
+    assert abs(np.median(tmax_error)) < 0.6 and np.percentile(np.abs(tmax_error), 90) < 1.0
+    assert np.corrcoef(maps["cbf"][tissue], truth["cbf"][tissue])[0, 1] > 0.95
+    outside = ~maps["brain_mask"]
+    assert outside[0, 0, 0] and all(np.all(maps[name][outside] == 0) for name in ("cbf", "cbv", "mtt", "tmax"))
+
+
+def test_delay_insensitive_and_tmax_follows_delay():
+    early, _, tissue = _phantom(delay_s=0.0)
+    late, _, _ = _phantom(delay_s=6.0)
+    early_maps, late_maps = _maps(early), _maps(late)
+    tissue &= early_maps["brain_mask"]
+    ratio = late_maps["cbf"][tissue] / early_maps["cbf"][tissue]
+    assert abs(np.median(ratio) - 1) < 0.1 and np.percentile(np.abs(ratio - 1), 90) < 0.15
+    shift = late_maps["tmax"][tissue] - early_maps["tmax"][tissue]
+    assert abs(np.median(shift) - 6.0) < 0.3 and np.percentile(np.abs(shift - 6.0), 90) < 1.0
+
+
+def test_partial_volume_arteries_are_rescaled_by_the_vof():
+    series, truth, tissue = _phantom(artery_fraction=0.5)
+    maps = _maps(series)
+    tissue &= maps["brain_mask"]
+    assert maps["aif_scale"] == pytest.approx(2.0, rel=0.02)
+    cbv_ratio = maps["cbv"][tissue] / truth["cbv"][tissue]
+    assert abs(np.median(cbv_ratio) - 1) < 0.03
+
+
+def test_noise_makes_the_oscillation_index_regularise_more():
+    clean, _, tissue = _phantom()
+    noisy, _, _ = _phantom(noise_hu=4.0)
+    clean_maps, noisy_maps = _maps(clean), _maps(noisy)
+    tissue &= clean_maps["brain_mask"]
+    fixed = _maps(noisy, thresholds=(min(deconvolution.THRESHOLDS),))
+    assert np.median(noisy_maps["threshold"][tissue]) > np.median(clean_maps["threshold"][tissue])
+    assert np.median(noisy_maps["oscillation_index"][tissue]) < np.median(fixed["oscillation_index"][tissue])
+    passed = noisy_maps["threshold"][tissue] < max(deconvolution.THRESHOLDS)
+    assert np.all(noisy_maps["oscillation_index"][tissue][passed] < deconvolution.OI_LIMIT)
+    assert noisy_maps["aif_found"]
+
+
+def test_tikhonov_option():
+    series, truth, tissue = _phantom()
+    maps = _maps(series, method="tikhonov")
+    tissue &= maps["brain_mask"]
+    ratio = maps["cbf"][tissue] / truth["apparent_cbf"][tissue]
+    assert abs(np.median(ratio) - 1) < 0.06
+    with pytest.raises(ValueError, match="method"):
+        deconvolution.deconvolve(tf.zeros((2, 45)), tf.zeros(45), method="wiener")
+
+
+def test_no_arterial_input_is_reported():
+    rng = np.random.default_rng(1)
+    series = np.full(SHAPE + (FRAMES,), 35.0, np.float32) + rng.normal(0, 3.0, SHAPE + (FRAMES,)).astype(np.float32)
+    maps = _maps(series)
+    assert not maps["aif_found"] and not maps["vof_found"]
+    assert all(np.all(maps[name] == 0) for name in ("cbf", "cbv", "mtt", "tmax"))
+    flat = _maps(np.full(SHAPE + (FRAMES,), 35.0, np.float32))
+    assert not flat["aif_found"] and flat["aif_voxels"] == 0
+
+
+def test_runs_in_a_tf_function_with_unknown_shapes():
+    spec = [tf.TensorSpec([None, None, None, None], tf.float32), tf.TensorSpec([], tf.float32)]
+    mapper = tf.function(lambda s, dt: deconvolution.perfusion_maps(s, dt), input_signature=spec)
+    series, _, _ = _phantom(noise_hu=2.0)
+    for cut in (series, series[:1, :, :, :40]):
+        graph = mapper(tf.constant(cut), tf.constant(1.0))
+        eager = deconvolution.perfusion_maps(tf.constant(cut), 1.0)
+        assert graph["cbf"].shape == cut.shape[:3] and graph["aif"].shape == (cut.shape[3],)
+        for name in ("cbf", "cbv", "mtt", "tmax"):
+            np.testing.assert_allclose(graph[name].numpy(), eager[name].numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_given_brain_mask_and_smoothing():
+    series, truth, tissue = _phantom(noise_hu=3.0)
+    mask = np.zeros(SHAPE, bool)
+    mask[:, 2:14, 2:14] = True
+    maps = _maps(series, brain_mask=tf.constant(mask), smoothing_sigma_voxels=1.0)
+    np.testing.assert_array_equal(maps["brain_mask"], mask)
+    assert np.all(maps["cbf"][~mask] == 0) and maps["aif_found"]
+    smoothed = masking.gaussian_in_plane(tf.constant(series[..., :3] * 0 + 7.0), tf.constant(mask), 1.0).numpy()
+    np.testing.assert_allclose(smoothed[mask], 7.0, rtol=1e-5)
+
+
+def test_tissue_mask_excludes_bone_csf_and_scalp():
+    image = np.full((1, 32, 32), -1000.0, np.float32)
+    h, w = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    radius = np.hypot(h - 15.5, w - 15.5)
+    image[0][radius < 15] = 45.0  # scalp
+    image[0][radius < 13] = 1200.0  # skull
+    image[0][radius < 11] = 35.0  # brain
+    image[0][radius < 3] = 5.0  # ventricle (CSF)
+    mask = masking.tissue_mask(tf.constant(image)).numpy()[0]
+    assert mask[15, 8] and not mask[15, 15] and not mask[15, 1] and not mask[15, 2] and not mask[15, 18 + 8]
+
+
+def test_baseline_frames_follow_the_bolus():
+    curve = np.concatenate([np.zeros(8), np.linspace(0, 40, 10), np.full(27, 20.0)]).astype(np.float32) + 30
+    assert int(masking.baseline_frames(tf.constant(curve))) == 8  # arrival at frame 9
+    assert int(masking.baseline_frames(tf.constant(curve[6:]))) == constants.MIN_BASELINE_FRAMES

@@ -85,7 +85,8 @@ def _check_parameters(cbf, mtt_s, delay_s, dispersion_s, count: int) -> list[np.
         array = np.broadcast_to(np.asarray(value, np.float64), (count,)) if np.ndim(value) == 0 else np.asarray(
             value, np.float64).reshape(-1)
         if array.shape != (count,):
-            raise ValueError(f"tissue_curves: {name} must be a scalar or hold {count} values, got shape {np.shape(value)}")
+            raise ValueError(f"tissue_curves: {name} must be a scalar or hold {count} values, "
+                             f"got shape {np.shape(value)}")
         if not np.all(np.isfinite(array)) or np.any(array < 0):
             raise ValueError(f"tissue_curves: {name} must be finite and >= 0")
         arrays.append(array)
@@ -154,6 +155,26 @@ def tissue_curves(aif, frame_interval_s: float, cbf, mtt_s, delay_s=0.0, dispers
     return out
 
 
+def transport(aif, frame_interval_s: float, delay_s=0.0, dispersion_s=0.0, oversample: int = 4) -> np.ndarray:
+    """The AIF delayed and dispersed (unit-area kernel): what reaches a downstream vessel, e.g. a venous
+    outflow curve or a collateral-fed artery. Same area as `aif` (when the window holds the whole curve).
+
+    Args:
+        aif: [T] arterial enhancement in HU, one value per frame.
+        frame_interval_s: time between frames in s.
+        delay_s: [N] or scalar delay in s.
+        dispersion_s: [N] or scalar dispersion time constant in s (0: none).
+        oversample: fine-grid steps per frame.
+
+    Returns:
+        float32 [N, T] in HU.
+    """
+    # A residue of vanishing MTT is a unit impulse of area MTT; CBF is chosen so that the gain is 1.
+    mtt_s = 1e-6
+    cbf = constants.PER_100G * constants.SECONDS_PER_MINUTE * constants.K_H / (constants.RHO_G_PER_ML * mtt_s)
+    return tissue_curves(aif, frame_interval_s, cbf, mtt_s, delay_s, dispersion_s, oversample)
+
+
 def true_tmax_s(mtt_s, delay_s=0.0, dispersion_s=0.0) -> np.ndarray:
     """Time of the maximum of the effective residue delay ⊗ D ⊗ R: the Tmax that an ideal deconvolution
     with the undispersed, undelayed AIF finds.
@@ -179,3 +200,24 @@ def true_tmax_s(mtt_s, delay_s=0.0, dispersion_s=0.0) -> np.ndarray:
     difference = np.where(close, 1.0, safe_mtt - safe_beta)
     peak = np.where(close, safe_mtt, np.log(safe_mtt / safe_beta) * safe_mtt * safe_beta / difference)
     return delay + np.where(beta > 1e-6, peak, 0.0)
+
+
+def apparent_cbf_fraction(mtt_s, dispersion_s=0.0) -> np.ndarray:
+    """Peak of the dispersed residue D ⊗ R relative to R(0) = 1: the fraction of CBF that deconvolution with
+    the undispersed AIF can recover (Calamante et al. 2000); 1 without dispersion.
+
+    Args:
+        mtt_s: mean transit time(s) in s (> 0).
+        dispersion_s: dispersion time constant(s) beta in s (0: none).
+
+    Returns:
+        float64 array of the broadcast shape, in (0, 1].
+    """
+    mtt, beta = np.broadcast_arrays(np.asarray(mtt_s, np.float64), np.asarray(dispersion_s, np.float64))
+    peak_time = true_tmax_s(mtt, 0.0, beta)
+    safe_beta = np.maximum(beta, 1e-9)
+    close = np.abs(mtt - safe_beta) < 1e-6 * mtt
+    ratio = mtt / np.where(close, 1.0, mtt - safe_beta)
+    fraction = np.where(close, peak_time / mtt * np.exp(-peak_time / mtt),
+                        ratio * (np.exp(-peak_time / mtt) - np.exp(-peak_time / safe_beta)))
+    return np.where(beta > 1e-6, fraction, 1.0)

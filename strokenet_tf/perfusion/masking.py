@@ -1,0 +1,123 @@
+"""Baseline, bolus arrival and brain mask of a raw CT perfusion series, in TensorFlow ops only.
+
+The rules follow common CTP practice (e.g. Konstas et al. 2009, AJNR 30:662-668 and 885-892): the baseline is
+the mean of the frames before the bolus reaches the brain; the brain is soft tissue inside the skull on the
+baseline image. Chosen here:
+  - bolus arrival: first frame where the mean curve of the rough brain exceeds `ARRIVAL_FRACTION` of its
+    peak enhancement; baseline = frames [0, arrival - 1), at least `constants.MIN_BASELINE_FRAMES`, at most
+    half the series.
+  - brain mask: baseline smoothed 3x3 in-plane within [`CSF_MAX_HU`, `BONE_MIN_HU`] (excludes CSF, bone and
+    air) and inside the skull: bone (> `BONE_MIN_HU`) seen in at least 3 of the 4 in-plane directions
+    (slices without bone count as inside).
+All tensors are [depth, height, width(, time)] with every size unknown until run time.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from strokenet_tf.perfusion import constants
+
+CSF_MAX_HU = 15.0
+BONE_MIN_HU = 100.0
+ARRIVAL_FRACTION = 0.1
+
+
+def smooth_in_plane(image: tf.Tensor) -> tf.Tensor:
+    """3x3 in-plane box mean of a [depth, height, width] image (edges average the voxels that exist)."""
+    pooled = tf.nn.avg_pool2d(image[..., None], ksize=3, strides=1, padding="SAME")
+    return pooled[..., 0]
+
+
+def inside_skull(bone: tf.Tensor) -> tf.Tensor:
+    """Voxels with bone in at least 3 of the 4 in-plane directions; slices without bone are all inside.
+
+    Args:
+        bone: bool [depth, height, width].
+
+    Returns:
+        bool [depth, height, width].
+    """
+    bone_f = tf.cast(bone, tf.float32)
+    seen = [
+        tf.math.cumsum(bone_f, axis=axis, reverse=reverse) > 0 for axis in (1, 2) for reverse in (False, True)
+    ]
+    count = tf.add_n([tf.cast(s, tf.int32) for s in seen])
+    slice_has_bone = tf.reduce_any(bone, axis=[1, 2], keepdims=True)
+    return tf.logical_or(count >= 3, tf.logical_not(slice_has_bone))
+
+
+def tissue_mask(image_hu: tf.Tensor) -> tf.Tensor:
+    """Brain soft tissue on a non-enhanced image: smoothed HU in [CSF_MAX_HU, BONE_MIN_HU] inside the skull.
+
+    Args:
+        image_hu: float32 [depth, height, width] in HU.
+
+    Returns:
+        bool [depth, height, width].
+    """
+    smoothed = smooth_in_plane(image_hu)
+    soft = tf.logical_and(smoothed >= CSF_MAX_HU, smoothed <= BONE_MIN_HU)
+    return tf.logical_and(soft, inside_skull(image_hu > BONE_MIN_HU))
+
+
+def masked_mean_curve(series_hu: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean time curve [time] of the voxels of `mask` (zeros when the mask is empty)."""
+    curves = tf.boolean_mask(series_hu, mask)
+    count = tf.cast(tf.shape(curves)[0], tf.float32)
+    return tf.reduce_sum(curves, axis=0) / tf.maximum(count, 1.0)
+
+
+def baseline_frames(mean_curve: tf.Tensor) -> tf.Tensor:
+    """Number of pre-bolus frames from the whole-brain mean curve [time] (int32 scalar).
+
+    Arrival is the first frame whose enhancement above the mean of the first MIN_BASELINE_FRAMES frames
+    exceeds ARRIVAL_FRACTION of the peak enhancement; the baseline ends one frame before it.
+    """
+    frames = tf.shape(mean_curve)[0]
+    first = tf.reduce_mean(mean_curve[: constants.MIN_BASELINE_FRAMES])
+    enhancement = mean_curve - first
+    above = enhancement > ARRIVAL_FRACTION * tf.reduce_max(enhancement)
+    arrival = tf.cast(tf.argmax(tf.cast(above, tf.int32)), tf.int32)
+    most = tf.maximum(frames // 2, constants.MIN_BASELINE_FRAMES)
+    return tf.clip_by_value(arrival - 1, constants.MIN_BASELINE_FRAMES, most)
+
+
+def baseline_and_mask(series_hu: tf.Tensor, brain_mask: tf.Tensor | None = None):
+    """Baseline image, number of baseline frames and brain mask of a series [depth, height, width, time].
+
+    Args:
+        series_hu: float32 [depth, height, width, time] in HU.
+        brain_mask: optional bool [depth, height, width]; when given it is used as is.
+
+    Returns:
+        (baseline_hu float32 [depth, height, width], baseline frame count int32 scalar,
+         brain_mask bool [depth, height, width]).
+    """
+    first = tf.reduce_mean(series_hu[..., : constants.MIN_BASELINE_FRAMES], axis=-1)
+    rough = tissue_mask(first) if brain_mask is None else brain_mask
+    count = baseline_frames(masked_mean_curve(series_hu, rough))
+    baseline = tf.reduce_mean(series_hu[..., :count], axis=-1)
+    mask = tissue_mask(baseline) if brain_mask is None else tf.cast(brain_mask, tf.bool)
+    return baseline, count, mask
+
+
+def gaussian_in_plane(series: tf.Tensor, mask: tf.Tensor, sigma_voxels: float) -> tf.Tensor:
+    """In-plane Gaussian smoothing of a series [depth, height, width, time] within `mask` (normalised
+    convolution: voxels outside the mask neither contribute nor change). sigma_voxels <= 0 returns it as is.
+    """
+    if sigma_voxels <= 0:
+        return series
+    radius = max(1, int(round(3 * sigma_voxels)))
+    taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma_voxels) ** 2)
+    taps /= tf.reduce_sum(taps)
+    weight = tf.cast(mask, tf.float32)
+    # [depth * time, height, width, 1] so that one 2D convolution serves any number of frames.
+    stacked = tf.concat([series * weight[..., None], weight[..., None]], axis=-1)
+    shape = tf.shape(stacked)
+    planes = tf.reshape(tf.transpose(stacked, [0, 3, 1, 2]), [-1, shape[1], shape[2], 1])
+    planes = tf.nn.conv2d(planes, tf.reshape(taps, [-1, 1, 1, 1]), strides=1, padding="SAME")
+    planes = tf.nn.conv2d(planes, tf.reshape(taps, [1, -1, 1, 1]), strides=1, padding="SAME")
+    smoothed = tf.transpose(tf.reshape(planes, [shape[0], shape[3], shape[1], shape[2]]), [0, 2, 3, 1])
+    values, total = smoothed[..., :-1], smoothed[..., -1:]
+    return tf.where(mask[..., None], values / tf.maximum(total, 1e-6), series)
