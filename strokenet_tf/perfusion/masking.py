@@ -108,16 +108,16 @@ def gaussian_in_plane(series: tf.Tensor, mask: tf.Tensor, sigma_voxels: float) -
     """
     if sigma_voxels <= 0:
         return series
-    radius = max(1, int(round(3 * sigma_voxels)))
+    radius = max(1, int(round(2.5 * sigma_voxels)))
     taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma_voxels) ** 2)
     taps /= tf.reduce_sum(taps)
-    weight = tf.cast(mask, tf.float32)
-    # [depth * time, height, width, 1] so that one 2D convolution serves any number of frames.
-    stacked = tf.concat([series * weight[..., None], weight[..., None]], axis=-1)
-    shape = tf.shape(stacked)
-    planes = tf.reshape(tf.transpose(stacked, [0, 3, 1, 2]), [-1, shape[1], shape[2], 1])
-    planes = tf.nn.conv2d(planes, tf.reshape(taps, [-1, 1, 1, 1]), strides=1, padding="SAME")
-    planes = tf.nn.conv2d(planes, tf.reshape(taps, [1, -1, 1, 1]), strides=1, padding="SAME")
-    smoothed = tf.transpose(tf.reshape(planes, [shape[0], shape[3], shape[1], shape[2]]), [0, 2, 3, 1])
+    weight = tf.cast(mask, tf.float32)[..., None]
+    stacked = tf.concat([series * weight, weight], axis=-1)
+    # Depthwise (per-frame) separable convolution: channels = frames + 1, any number of them.
+    channels = tf.shape(stacked)[3]
+    rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    columns = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, channels, 1])
+    smoothed = tf.nn.depthwise_conv2d(stacked, rows, [1, 1, 1, 1], "SAME")
+    smoothed = tf.nn.depthwise_conv2d(smoothed, columns, [1, 1, 1, 1], "SAME")
     values, total = smoothed[..., :-1], smoothed[..., -1:]
     return tf.where(mask[..., None], values / tf.maximum(total, 1e-6), series)
