@@ -1,10 +1,14 @@
-"""Probability calibration: temperature scaling (Guo et al. 2017), expected calibration error, reliability diagram.
+"""Probability calibration: a monotone map fitted on out-of-fold probabilities, ECE, reliability diagram.
 
-Segmentation networks trained with focal/Dice losses are over- or under-confident; a single temperature T on
-the logit, p' = sigmoid(logit(p) / T), is monotone (the mask at threshold 0.5 does not change), has one
-parameter (cannot over-fit 20 cases) and runs in the graph (`apply_temperature`, inside
-`inference.Segmenter`). It is fitted by minimising the voxel NLL on the out-of-fold probabilities of a
-cross-validation (`cross_validate` keeps them in `fold_K/evaluation/out_of_fold.npz`), inside the brain mask.
+Segmentation networks trained with focal/Dice losses are over- or under-confident. Three monotone maps of the
+ensemble's lesion probability are fitted on the out-of-fold probabilities of a cross-validation
+(`cross_validate` keeps them in `fold_K/evaluation/out_of_fold.npz`, brain voxels only): temperature scaling
+sigmoid(logit(p) / T) (Guo et al. 2017), Platt scaling sigmoid(logit(p) / T + b) (Platt 1999), both by voxel
+NLL, and isotonic regression on quantile bins (Zadrozny & Elkan 2002). The one with the lowest out-of-fold ECE
+is kept (`Calibration`) and runs in the graph (inside `inference.Segmenter`) after the mask is taken, so
+calibration never changes the segmentation. Why not a temperature alone: on the demo data its NLL optimum
+raised the ECE (0.0096 -> 0.0164): the network is over-confident at high probabilities but slightly
+under-confident in the ~95% of brain voxels near 0, which one scale cannot fix.
 
 ECE (Naeini et al. 2015) here is the calibration error of the lesion probability: brain voxels are put in
 `NUM_BINS` equal-width bins of p, and ECE = sum_b (n_b / n) |mean p_b - lesion fraction_b|.
@@ -12,6 +16,7 @@ ECE (Naeini et al. 2015) here is the calibration error of the lesion probability
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -28,23 +33,86 @@ _EPSILON = 1e-7
 _FIT_SAMPLES = 2_000_000
 
 
-def apply_temperature(probabilities, temperature: float):
-    """tf: p -> sigmoid(logit(p) / temperature); the identity (no op at all) for temperature 1."""
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A monotone map of the lesion probability, applied in the graph after the mask is taken.
+
+    Either Platt / temperature scaling, p -> sigmoid(logit(p) / temperature + bias), or, when `knots_p` is given,
+    a non-decreasing piecewise-linear map through (knots_p, knots_q) (isotonic regression, Zadrozny & Elkan
+    2002), constant beyond the first and last knot. The default is the identity.
+    """
+
+    temperature: float = 1.0
+    bias: float = 0.0
+    knots_p: tuple[float, ...] = ()
+    knots_q: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if not (self.temperature > 0.0 and math.isfinite(self.temperature)) or not math.isfinite(self.bias):
+            raise ValueError(f"calibration: temperature must be positive and bias finite, got {self.temperature}, "
+                             f"{self.bias}")
+        p, q = np.asarray(self.knots_p, np.float64), np.asarray(self.knots_q, np.float64)
+        if p.shape != q.shape or (p.size and (p.size < 2 or np.any(np.diff(p) <= 0) or np.any(np.diff(q) < 0)
+                                               or p.min() < 0 or p.max() > 1 or q.min() < 0 or q.max() > 1)):
+            raise ValueError("calibration: knots must be two equally long lists in [0, 1], p increasing and q "
+                             "non-decreasing")
+
+    @property
+    def method(self) -> str:
+        return "isotonic" if self.knots_p else ("identity" if self.is_identity else "platt")
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.knots_p and self.temperature == 1.0 and self.bias == 0.0
+
+    def apply(self, probabilities):
+        """tf: the map (no op at all for the identity)."""
+        import tensorflow as tf
+
+        if self.knots_p:
+            knots_p = tf.constant(self.knots_p, tf.float32)
+            knots_q = tf.constant(self.knots_q, tf.float32)
+            flat = tf.reshape(probabilities, [1, -1])
+            upper = tf.clip_by_value(tf.searchsorted(knots_p[tf.newaxis], flat, side="right")[0], 1,
+                                     len(self.knots_p) - 1)
+            x0, x1 = tf.gather(knots_p, upper - 1), tf.gather(knots_p, upper)
+            y0, y1 = tf.gather(knots_q, upper - 1), tf.gather(knots_q, upper)
+            weight = tf.clip_by_value((flat[0] - x0) / (x1 - x0), 0.0, 1.0)
+            return tf.reshape(y0 + weight * (y1 - y0), tf.shape(probabilities))
+        return apply_temperature(probabilities, self.temperature, self.bias)
+
+    def apply_np(self, probabilities: np.ndarray) -> np.ndarray:
+        """numpy twin of `apply` (float64)."""
+        if self.knots_p:
+            return np.interp(np.asarray(probabilities, np.float64), self.knots_p, self.knots_q)
+        return apply_temperature_np(probabilities, self.temperature, self.bias)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Calibration":
+        return cls(float(values.get("temperature", 1.0)), float(values.get("bias", 0.0)),
+                   tuple(float(v) for v in values.get("knots_p", ())), tuple(float(v) for v in values.get("knots_q", ())))
+
+
+def apply_temperature(probabilities, temperature: float, bias: float = 0.0):
+    """tf: p -> sigmoid(logit(p) / temperature + bias); the identity (no op at all) for (1, 0)."""
     import tensorflow as tf
 
-    if float(temperature) == 1.0:
+    if float(temperature) == 1.0 and float(bias) == 0.0:
         return probabilities
     clipped = tf.clip_by_value(probabilities, _EPSILON, 1.0 - _EPSILON)
     logits = tf.math.log(clipped) - tf.math.log1p(-clipped)
-    return tf.sigmoid(logits / float(temperature))
+    return tf.sigmoid(logits / float(temperature) + float(bias))
 
 
-def apply_temperature_np(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+def apply_temperature_np(probabilities: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
     """numpy twin of `apply_temperature` (float64)."""
     p = np.clip(np.asarray(probabilities, np.float64), _EPSILON, 1.0 - _EPSILON)
-    if temperature == 1.0:
+    if temperature == 1.0 and bias == 0.0:
         return p
-    return 1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))
+    return 1.0 / (1.0 + np.exp(-((np.log(p) - np.log1p(-p)) / temperature + bias)))
 
 
 def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = NUM_BINS) -> dict[str, Any]:
@@ -77,6 +145,61 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, nu
 def _nll(p: np.ndarray, y: np.ndarray, temperature: float) -> float:
     q = np.clip(apply_temperature_np(p, temperature), _EPSILON, 1.0 - _EPSILON)
     return float(-np.mean(y * np.log(q) + (1.0 - y) * np.log1p(-q)))
+
+
+def fit_platt(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(temperature, bias) minimising the NLL of sigmoid(logit(p) / T + b) (Newton's method on slope 1/T and b).
+
+    Raises:
+        ValueError: the fit gives a non-positive slope (probabilities that anti-correlate with the labels).
+    """
+    p = np.clip(np.asarray(probabilities, np.float64).ravel(), _EPSILON, 1.0 - _EPSILON)
+    y = (np.asarray(labels).ravel() > 0).astype(np.float64)
+    logits = np.log(p) - np.log1p(-p)
+    slope, bias = 1.0, 0.0
+    for _ in range(50):
+        q = 1.0 / (1.0 + np.exp(-(slope * logits + bias)))
+        weight = q * (1.0 - q)
+        gradient = np.array([np.sum((q - y) * logits), np.sum(q - y)])
+        hessian = np.array([[np.sum(weight * logits * logits), np.sum(weight * logits)],
+                            [np.sum(weight * logits), np.sum(weight)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        slope, bias = slope - step[0], bias - step[1]
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    if not slope > 0.0:
+        raise ValueError(f"calibration: fitted slope {slope:.3g} is not positive (probabilities do not rank lesion)")
+    return float(1.0 / slope), float(bias)
+
+
+def fit_isotonic(probabilities: np.ndarray, labels: np.ndarray, num_knots: int = 48) -> Calibration:
+    """Isotonic regression of the lesion fraction on p over `num_knots` quantile bins of p (fine where most
+    voxels are, near 0), pooled adjacent violators for monotonicity; the knots are the bins' mean p."""
+    p = np.asarray(probabilities, np.float64).ravel()
+    y = (np.asarray(labels).ravel() > 0).astype(np.float64)
+    edges = np.unique(np.quantile(p, np.linspace(0.0, 1.0, num_knots + 1)))
+    index = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+    count = np.bincount(index, minlength=len(edges) - 1).astype(np.float64)
+    keep = count > 0
+    mean_p = (np.bincount(index, weights=p, minlength=len(edges) - 1)[keep] / count[keep]).tolist()
+    fraction = (np.bincount(index, weights=y, minlength=len(edges) - 1)[keep] / count[keep]).tolist()
+    weights = count[keep].tolist()
+    blocks = []  # pooled adjacent violators: [value, weight, mean p's]
+    for x_value, y_value, w in zip(mean_p, fraction, weights):
+        blocks.append([y_value, w, [x_value]])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            value, weight, xs = blocks.pop()
+            blocks[-1] = [(blocks[-1][0] * blocks[-1][1] + value * weight) / (blocks[-1][1] + weight),
+                          blocks[-1][1] + weight, blocks[-1][2] + xs]
+    knots_p, knots_q = [], []
+    for value, _, xs in blocks:
+        for x_value in xs:
+            if not knots_p or x_value > knots_p[-1]:
+                knots_p.append(float(x_value))
+                knots_q.append(float(value))
+    if len(knots_p) < 2:
+        raise ValueError("calibration: too few distinct probabilities for an isotonic map")
+    return Calibration(knots_p=tuple(knots_p), knots_q=tuple(knots_q))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -184,17 +307,29 @@ def read_out_of_fold(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def calibrate(out_of_fold_paths: Sequence[str], output_dir: str) -> dict[str, Any]:
-    """Fits the temperature on out-of-fold probabilities and writes `calibration.json` and `reliability.png`
-    (before/after) to `output_dir`; returns the JSON document."""
+def calibrate(out_of_fold_paths: Sequence[str], output_dir: str, method: str | None = None) -> dict[str, Any]:
+    """Fits temperature, Platt and isotonic maps on out-of-fold probabilities, keeps `method` (default: the one
+    with the lowest ECE on them) and writes `calibration.json` and `reliability.png` (before/after) to
+    `output_dir`; returns the JSON document."""
     from strokenet_tf.data import atomic
 
     probabilities, labels = read_out_of_fold(out_of_fold_paths)
-    temperature = fit_temperature(probabilities, labels)
+    candidates = {"temperature": Calibration(temperature=fit_temperature(probabilities, labels)),
+                  "platt": Calibration(*fit_platt(probabilities, labels)),
+                  "isotonic": fit_isotonic(probabilities, labels)}
     before = reliability_bins(probabilities, labels)
-    after = reliability_bins(apply_temperature_np(probabilities, temperature), labels)
-    document = {"method": "temperature scaling of the logit, fitted by NLL on out-of-fold brain voxels",
-                "temperature": temperature, "ece_before": before["ece"], "ece_after": after["ece"],
+    fits = {name: {**fitted.to_dict(), "ece": expected_calibration_error(fitted.apply_np(probabilities), labels)}
+            for name, fitted in candidates.items()}
+    chosen = method if method is not None else min(fits, key=lambda name: fits[name]["ece"])
+    if chosen not in candidates:
+        raise ValueError(f"calibration method must be one of {', '.join(candidates)}, got {chosen!r}")
+    fitted = candidates[chosen]
+    after = reliability_bins(fitted.apply_np(probabilities), labels)
+    document = {"description": "monotone map of the ensemble's lesion probability fitted on out-of-fold brain "
+                               "voxels (the lowest out-of-fold ECE of the candidates unless chosen); applied in "
+                               "the graph after the mask is taken, so it never changes the segmentation",
+                "calibration": fitted.to_dict(), "candidates": fits,
+                "ece_before": before["ece"], "ece_after": after["ece"],
                 "num_bins": NUM_BINS, "n_voxels": before["n_voxels"],
                 "out_of_fold_files": [os.path.abspath(p) for p in out_of_fold_paths],
                 "reliability_before": before, "reliability_after": after}
@@ -216,20 +351,54 @@ def _strict(value):
     return value
 
 
-def read_temperature(folder: str) -> float | None:
-    """The temperature in `folder/calibration.json`, or None when there is none.
+def read_calibration(folder: str) -> Calibration | None:
+    """The `Calibration` of `folder/calibration.json`, or None when there is none.
 
     Raises:
-        ValueError: a calibration file that is unreadable or holds no positive temperature (one line).
+        ValueError: a calibration file that is unreadable or holds a bad map (one line).
     """
     path = os.path.join(folder, CALIBRATION_FILE)
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as stream:
-            temperature = float(json.load(stream)["temperature"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: unreadable calibration ({error})") from None
-    if not temperature > 0.0 or not math.isfinite(temperature):
-        raise ValueError(f"{path}: temperature must be a positive number, got {temperature}")
-    return temperature
+            document = json.load(stream)
+        return Calibration.from_dict(document["calibration"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: unreadable calibration ({cli_line(error)})") from None
+
+
+def cli_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def out_of_fold_path(fold_dir: str) -> str:
+    return os.path.join(fold_dir, "evaluation", OUT_OF_FOLD_FILE)
+
+
+def ensure_out_of_fold(fold_dir: str, source: str = "best", mirror: bool = True) -> str:
+    """fold_K/evaluation/out_of_fold.npz of a cross-validation fold, computed (with the fold's own model, mirrored
+    as the ensemble will be, on the cases it held out) when missing."""
+    from strokenet_tf import evaluation, inference
+
+    path = out_of_fold_path(fold_dir)
+    if os.path.isfile(path):
+        return path
+    segmenter = inference.Segmenter.from_run(fold_dir, source, mirror=mirror)
+    run = segmenter.trained.run_config
+    spec = evaluation.FoldSpec(run["fold"], run["num_folds"], run["seed"], run.get("patient_map"))
+    case_dirs = evaluation.select_case_dirs(run["data_dir"], run.get("split"), spec)
+    return write_out_of_fold(os.path.dirname(path), segmenter, case_dirs)
+
+
+def calibrate_cross_validation(cv_dir: str, source: str = "best", mirror: bool = True,
+                               method: str | None = None) -> dict[str, Any]:
+    """Out-of-fold probabilities of every fold of a `cross_validate` folder (kept, or computed when missing) ->
+    `cv_dir/calibration.json` + `reliability.png` (see `calibrate`)."""
+    from strokenet_tf import ensemble
+
+    folds = [fold for fold in ensemble.fold_dirs(cv_dir) if os.path.isfile(os.path.join(fold, ensemble.EVAL_SUMMARY))]
+    if not folds:
+        raise ValueError(f"{cv_dir}: no finished cross-validation fold (fold_K/{ensemble.EVAL_SUMMARY})")
+    paths = [ensure_out_of_fold(fold, source, mirror) for fold in folds]
+    return calibrate(paths, cv_dir, method)

@@ -99,7 +99,7 @@ def run_fold(config: CrossValidationConfig, fold: int, warn=lambda message: None
     Returns:
         The fold's summary document (as MODEL_DIR/fold_K/evaluation/summary.json).
     """
-    from strokenet_tf import evaluation, inference
+    from strokenet_tf import calibration, evaluation, inference
     from strokenet_tf.training import checkpointing, loop
 
     fold_config = config.fold_config(fold)
@@ -125,6 +125,10 @@ def run_fold(config: CrossValidationConfig, fold: int, warn=lambda message: None
             "empty_score": evaluation.EmptyRules().empty_score,
             "empty_distance": evaluation.EmptyRules().empty_distance, "n_cases": len(rows),
             "case_ids": [row["case_id"] for row in rows], "failed": [dataclasses.asdict(f) for f in failures]}
+    # Out-of-fold probabilities (mirrored, as the ensemble predicts) for the calibration; kept before the summary
+    # marks the fold finished.
+    calibration.write_out_of_fold(eval_dir, inference.Segmenter.from_run(
+        fold_config.model_dir, config.eval_model_source, mirror=True), case_dirs)
     evaluation.write_outputs(eval_dir, rows, summary, info)
     return _read_json(str(summary_path))
 
@@ -218,6 +222,9 @@ def _run_folds(config: CrossValidationConfig) -> dict[str, Any]:
         documents[fold] = run_fold(config, fold, warn=_warn)
     summary = aggregate(documents)
     write_summary(config.train.model_dir, summary)
+    from strokenet_tf import calibration
+
+    summary["calibration"] = calibration.calibrate_cross_validation(config.train.model_dir, config.eval_model_source)
     return summary
 
 
@@ -245,6 +252,11 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     print(format_cv_table(summary))
     report = ", ".join(f"{_HEADERS[k].split()[0]} {v:.2f}%" for k, v in STROKENET_REPORT.items())
     print(f"StrokeNet report (ISLES 2018 training set, 5-fold CV): {report}")
+    if "calibration" in summary:
+        fitted = summary["calibration"]
+        print(f"Calibration on out-of-fold brain voxels: {fitted['calibration']['method']}, ECE "
+              f"{fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f} ({fitted['num_bins']} bins); "
+              f"{os.path.join(config.train.model_dir, 'calibration.json')}, reliability.png")
     print(f"Summary: {os.path.join(config.train.model_dir, CV_SUMMARY_JSON)}, "
           f"{os.path.join(config.train.model_dir, CV_SUMMARY_CSV)}; per case: "
           f"{os.path.join(config.train.model_dir, 'fold_K', EVAL_SUBDIR, 'per_case.csv')}")

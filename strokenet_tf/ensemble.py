@@ -3,8 +3,8 @@
 `load_ensemble(["runs/cv"])` reads every finished fold of a `cross_validate` folder (or a list of run folders /
 `.keras` files), checks that they take the same input (channels, padding multiples, normalisation) and builds a
 `Segmenter` whose graph averages the members' probabilities, with left-right mirroring (on by default for an
-ensemble) and the temperature of the cross-validation's `calibration.json` when there is one. A single run
-stays today's single model (no mirroring, temperature 1) unless asked otherwise: an ensemble of one.
+ensemble) and the calibration map of the cross-validation's `calibration.json` when there is one. A single run stays today's single model (no mirroring, no calibration) unless asked otherwise: an
+ensemble of one.
 
 Example:
     >>> segmenter = load_ensemble(["runs/cv"])            # fold_0 ... fold_4, mirrored, calibrated
@@ -95,19 +95,20 @@ def check_compatible(members: Sequence[inference.TrainedModel], names: Sequence[
                                                f"{contract[key]} vs {value}; members must take the same input")
 
 
-def default_temperature(paths: Sequence[str]) -> float:
-    """The temperature of the cross-validation folder's calibration.json (one CV folder given), else 1."""
+def default_calibration(paths: Sequence[str]) -> calibration.Calibration:
+    """The calibration of the cross-validation folder's calibration.json (one CV folder given), else none."""
     if len(paths) == 1 and is_cross_validation_dir(paths[0]):
         try:
-            temperature = calibration.read_temperature(paths[0])
+            fitted = calibration.read_calibration(paths[0])
         except ValueError as error:
             raise inference.ModelLoadError(str(error)) from None
-        return 1.0 if temperature is None else temperature
-    return 1.0
+        return calibration.Calibration() if fitted is None else fitted
+    return calibration.Calibration()
 
 
 def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float = inference.DEFAULT_THRESHOLD,
-                  mirror: bool | None = None, temperature: float | None = None) -> inference.Segmenter:
+                  mirror: bool | None = None, temperature: float | None = None,
+                  calibrate: bool = True) -> inference.Segmenter:
     """A `Segmenter` averaging every member of `paths` (see `resolve_members`).
 
     Args:
@@ -116,7 +117,9 @@ def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float =
         threshold: mask = calibrated ensemble probability >= threshold.
         mirror: left-right test-time mirroring; None = on for an ensemble (a CV folder or several runs), off for
             a single run (today's single-model output).
-        temperature: None = the CV folder's calibration.json (1 without one or for a list of runs).
+        temperature: None = the CV folder's calibration.json (none without one or for a list of runs); a number:
+            temperature scaling by it instead.
+        calibrate: False: no calibration at all (raw averaged probabilities).
 
     Raises:
         inference.ModelLoadError: one line naming the member or setting.
@@ -126,10 +129,18 @@ def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float =
     check_compatible(members, member_paths)
     is_ensemble = len(member_paths) > 1 or any(is_cross_validation_dir(p) for p in paths)
     mirror = is_ensemble if mirror is None else bool(mirror)
-    temperature = default_temperature(paths) if temperature is None else float(temperature)
+    if not calibrate:
+        fitted = calibration.Calibration()
+    elif temperature is not None:
+        try:
+            fitted = calibration.Calibration(temperature=float(temperature))
+        except ValueError as error:
+            raise inference.ModelLoadError(f"--temperature: {error}") from None
+    else:
+        fitted = default_calibration(paths)
     first = members[0]
     segmenter = inference.Segmenter([m.model for m in members], first.channels, first.multiples, threshold,
-                                    mirror=mirror, temperature=temperature)
+                                    mirror=mirror, calibration=fitted)
     segmenter.trained = first
     segmenter.members = members
     segmenter.member_paths = member_paths

@@ -9,7 +9,7 @@ Usage:
 The SavedModel's `serving_default` signature takes raw perfusion maps float32 [batch, depth, height, width,
 channels] (channel order in assets.extra/strokenet_metadata.json) and returns "probabilities" (float32) and
 "mask" (uint8) and "uncertainty" of the same spatial shape; preprocessing, padding, the ensemble average
-(left-right mirroring, calibration temperature), crop and threshold are in the graph; the `report` signature
+(left-right mirroring, calibration map), crop and threshold are in the graph; the `report` signature
 adds the perfusion-mismatch report (research output, not a medical device). The
 version defaults to the next free integer; an existing version is replaced only with --overwrite. Prints the
 version folder and the `docker run` command that serves it (see export/README.md).
@@ -35,8 +35,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                         "one ensemble.", **fv)
     flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
                       "ensemble, off for a single run).", **fv)
-    flags.DEFINE_float("temperature", None, "Calibration temperature (default: the cross_validate folder's "
-                       "calibration.json, else 1).", **fv)
+    flags.DEFINE_float("temperature", None, "Temperature scaling instead of the calibration map of the "
+                       "cross_validate folder's calibration.json.", **fv)
     flags.DEFINE_string("export_base", None, "EXPORT_BASE: the version is written to "
                         "EXPORT_BASE/<model_name>/<version>/ (TF-Serving's model base path is "
                         "EXPORT_BASE/<model_name>).", **fv)
@@ -100,7 +100,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
                   else f", max |probability difference| vs Segmenter {result.max_probability_difference:.2g}")
     ensemble = result.metadata["ensemble"]
     members = (f"{ensemble['n_members']} member(s), mirroring {'on' if ensemble['mirror'] else 'off'}, "
-               f"temperature {ensemble['temperature']:.3g}")
+               f"calibration {ensemble['calibration']['method']}")
     print(f"Exported {config.model_dir} ({config.source}; {members}) as {config.model_name} version "
           f"{result.version}: {result.version_dir} ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
           f"{difference}).")

@@ -211,8 +211,9 @@ class Segmenter(tf.Module, _CasePredictor):
     """Raw maps -> lesion probabilities, mask and uncertainty, all in one traceable, exportable tf.function.
 
     One code path for a single model and an ensemble: the members' probabilities (each optionally averaged
-    with its left-right mirrored view) are averaged, then calibrated by a temperature (`calibration`). A single
-    member without mirroring and with temperature 1 is exactly the single-model graph of before.
+    with its left-right mirrored view) are averaged; the mask is that average >= threshold. The probabilities
+    returned are then calibrated by a monotone map (`calibration.Calibration`; it leaves the mask alone). A
+    single member without mirroring or calibration is exactly the single-model graph of before.
 
     Args:
         model: Keras model from normalised, padded images to logits `[b, d, h, w, 1]`, or a list of them
@@ -221,17 +222,17 @@ class Segmenter(tf.Module, _CasePredictor):
         multiples: (depth, height, width) padding multiples of the model.
         threshold: mask = probabilities >= threshold.
         mirror: also run every member on the left-right (width axis) mirrored slab and average.
-        temperature: p -> sigmoid(logit(p) / temperature) after averaging (1 = none).
+        calibration: `calibration.Calibration` of the averaged probability (None: none).
     """
 
     def __init__(self, model, channels: Sequence[str], multiples: Sequence[int],
                  threshold: float = DEFAULT_THRESHOLD, name: str = "segmenter", mirror: bool = False,
-                 temperature: float = 1.0):
+                 calibration=None):
+        from strokenet_tf import calibration as calibration_lib
+
         super().__init__(name=name)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        if not (temperature > 0.0 and np.isfinite(temperature)):
-            raise ValueError(f"temperature must be a positive number, got {temperature}")
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
         if not self.models:
             raise ValueError("an ensemble needs at least one model")
@@ -240,18 +241,18 @@ class Segmenter(tf.Module, _CasePredictor):
         self.multiples = tuple(int(m) for m in multiples)
         self.threshold = float(threshold)
         self.mirror = bool(mirror)
-        self.temperature = float(temperature)
+        self.calibration = calibration_lib.Calibration() if calibration is None else calibration
         image_spec = tf.TensorSpec([None, None, None, None, len(self.channels)], tf.float32)
         self.segment = tf.function(self._segment, input_signature=[image_spec])
         self.report = tf.function(self._report, input_signature=[image_spec, tf.TensorSpec([None, 3], tf.float32)])
 
     @classmethod
     def from_run(cls, path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD,
-                 mirror: bool = False, temperature: float = 1.0) -> "Segmenter":
+                 mirror: bool = False, calibration=None) -> "Segmenter":
         """A Segmenter for a training run folder or `.keras` file (see `load_run`)."""
         trained = load_run(path, source)
         segmenter = cls(trained.model, trained.channels, trained.multiples, threshold, mirror=mirror,
-                        temperature=temperature)
+                        calibration=calibration)
         segmenter.trained = trained
         segmenter.members = [trained]
         return segmenter
@@ -273,12 +274,11 @@ class Segmenter(tf.Module, _CasePredictor):
         return members
 
     def _analyse(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        from strokenet_tf import calibration
-
         normalised = preprocess.normalize_image(image, self.channels)
-        members = [calibration.apply_temperature(p, self.temperature) for p in self._member_probabilities(normalised)]
+        members = self._member_probabilities(normalised)
         probabilities = members[0] if len(members) == 1 else tf.add_n(members) / float(len(members))
         mask = tf.cast(probabilities >= self.threshold, tf.uint8)
+        probabilities = self.calibration.apply(probabilities)
         p = tf.clip_by_value(probabilities, 1e-7, 1.0 - 1e-7)
         entropy_bits = -(p * tf.math.log(p) + (1.0 - p) * tf.math.log1p(-p)) / np.log(2.0)
         member_masks = tf.stack([m >= self.threshold for m in members], axis=1)  # [b, members, d, h, w]
@@ -342,7 +342,9 @@ class SavedModelSegmenter(_CasePredictor):
             self.channels = tuple(self.metadata["channels"])
             self.threshold = float(self.metadata["threshold"])
             self.mirror = bool(self.metadata.get("mirror", False))
-            self.temperature = float(self.metadata.get("temperature", 1.0))
+            from strokenet_tf import calibration as calibration_lib
+
+            self.calibration = calibration_lib.Calibration.from_dict(self.metadata.get("calibration", {}))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ModelLoadError(f"{metadata_path}: missing or bad export metadata ({error})") from None
         try:

@@ -58,15 +58,16 @@ def test_ensemble_of_one_is_the_single_model_exactly(models, make_case):
         np.testing.assert_array_equal(mask, (expected >= 0.5).astype(np.uint8))
 
 
-def test_members_are_averaged_with_mirrored_views_and_calibrated(models, make_case):
+def test_members_are_averaged_with_mirrored_views_then_calibrated_after_the_mask(models, make_case):
     case = make_case(2, 32, 24)
+    fitted = calibration.Calibration(temperature=2.0, bias=-1.0)
     segmenter = inference.Segmenter(models, isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples, mirror=True,
-                                    temperature=2.0)
+                                    calibration=fitted)
     probabilities, mask = segmenter.predict_case(case)
-    members = [calibration.apply_temperature_np(_probabilities(m, case.image, mirror=True), 2.0) for m in models]
-    expected = np.mean(members, axis=0)
-    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=2e-5)
-    np.testing.assert_array_equal(mask, (probabilities >= 0.5).astype(np.uint8))
+    mean = np.mean([_probabilities(m, case.image, mirror=True) for m in models], axis=0)
+    np.testing.assert_allclose(probabilities, fitted.apply_np(mean), rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(mask, (mean >= 0.5).astype(np.uint8))  # calibration never moves the mask
+    assert 0 < mask.sum() and (probabilities[mask > 0] < 0.5).any()
 
 
 def test_mirrored_input_gives_mirrored_output_under_mirroring(models, make_case):
@@ -96,14 +97,15 @@ def test_report_gives_uncertainty_member_volumes_and_disagreement(models, make_c
 
 def test_cv_folder_loads_every_fold_mirrored_and_calibrated(cv_dir, models, make_case):
     with open(os.path.join(cv_dir, calibration.CALIBRATION_FILE), "w") as stream:
-        json.dump({"temperature": 1.5}, stream)
+        json.dump({"calibration": {"temperature": 1.5, "bias": -0.5}}, stream)
     try:
         segmenter = inference.load_segmenter(cv_dir)
     finally:
         os.remove(os.path.join(cv_dir, calibration.CALIBRATION_FILE))
-    assert len(segmenter.models) == 3 and segmenter.mirror and segmenter.temperature == 1.5
+    assert len(segmenter.models) == 3 and segmenter.mirror
+    assert segmenter.calibration == calibration.Calibration(temperature=1.5, bias=-0.5)
     single = inference.load_segmenter(os.path.join(cv_dir, "fold_1"))
-    assert len(single.models) == 1 and not single.mirror and single.temperature == 1.0
+    assert len(single.models) == 1 and not single.mirror and single.calibration.is_identity
     listed = inference.load_segmenter(",".join(os.path.join(cv_dir, f"fold_{k}") for k in (0, 2)), mirror=False)
     assert len(listed.models) == 2 and not listed.mirror
     assert ensemble.best_fold(cv_dir) == os.path.join(cv_dir, "fold_1")

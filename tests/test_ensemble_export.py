@@ -23,7 +23,7 @@ def cv_dir(tmp_path_factory):
         with open(os.path.join(fold_dir, ensemble.EVAL_SUMMARY), "w") as stream:
             json.dump({"metrics": {}}, stream)
     with open(os.path.join(root, calibration.CALIBRATION_FILE), "w") as stream:
-        json.dump({"temperature": 1.3}, stream)
+        json.dump({"calibration": {"knots_p": [0.0, 0.5, 1.0], "knots_q": [0.0, 0.3, 0.9]}}, stream)
     return root
 
 
@@ -36,7 +36,8 @@ def exported(cv_dir, tmp_path_factory):
 
 def test_cv_folder_exports_one_mirrored_calibrated_ensemble(exported, cv_dir):
     metadata = metadata_lib.read_metadata(exported.version_dir)
-    assert metadata["mirror"] is True and metadata["temperature"] == pytest.approx(1.3)
+    assert metadata["mirror"] is True and metadata["calibration"]["method"] == "isotonic"
+    assert metadata["calibration"]["knots_q"] == [0.0, 0.3, 0.9]
     summary = metadata["ensemble"]
     assert summary["n_members"] == 2 and [m["run_dir"] for m in summary["members"]] == [
         os.path.join(os.path.abspath(cv_dir), f"fold_{k}") for k in (0, 1)]
@@ -48,7 +49,7 @@ def test_cv_folder_exports_one_mirrored_calibrated_ensemble(exported, cv_dir):
 def test_exported_report_equals_the_in_process_ensemble(exported, cv_dir, make_case):
     segmenter = ensemble.load_ensemble([cv_dir])
     adapter = inference.SavedModelSegmenter(exported.version_dir)
-    assert adapter.mirror and adapter.temperature == pytest.approx(1.3)
+    assert adapter.mirror and adapter.calibration == segmenter.calibration
     case = make_case(3, 20, 28)
     expected, actual = segmenter.analyse_case(case), adapter.analyse_case(case)
     np.testing.assert_allclose(actual[inference.PROBABILITIES_KEY], expected[inference.PROBABILITIES_KEY], atol=1e-5)

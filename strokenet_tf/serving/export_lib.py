@@ -386,7 +386,7 @@ def export_run(config: ExportConfig) -> ExportResult:
     )
     metadata["ensemble"] = metadata_lib.ensemble_summary(segmenter)
     metadata["mirror"] = bool(segmenter.mirror)
-    metadata["temperature"] = float(segmenter.temperature)
+    metadata["calibration"] = segmenter.calibration.to_dict()
     if len(segmenter.member_paths) > 1 or paths != segmenter.member_paths:
         metadata["run_dir"] = ",".join(os.path.abspath(path) for path in paths)
     version_dir, difference = export_segmenter(segmenter, model_base, version, metadata, images,

@@ -84,8 +84,9 @@ def ensemble_summary(segmenter: inference.Segmenter) -> dict[str, Any]:
                     for member, path in zip(members, paths)],
         "mirror": bool(segmenter.mirror),
         "test_time_augmentation": "left-right (width axis) mirroring, averaged" if segmenter.mirror else "none",
-        "temperature": float(segmenter.temperature),
-        "probability": "mean of the members' sigmoid probabilities, then sigmoid(logit(p) / temperature)",
+        "calibration": segmenter.calibration.to_dict(),
+        "probability": "mean of the members' sigmoid probabilities; mask = mean >= threshold; the probabilities "
+                       "returned are that mean through the calibration map (monotone)",
         "uncertainty": "binary predictive entropy of the final probability, in bits (0-1)",
         "perfusion_report": perfusion_report.DISCLAIMER,
     }
