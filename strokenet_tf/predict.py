@@ -49,6 +49,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                          lower_bound=1, **fv)
     flags.DEFINE_boolean("overwrite", False, "Replace outputs that already exist (inputs are never replaced).", **fv)
     flags.DEFINE_boolean("progress", True, "Show a progress bar over cases.", **fv)
+    flags.DEFINE_boolean("maps_from_4d", False, "Compute CBF/CBV/MTT/Tmax from CT_4DPWI (oSVD deconvolution) even "
+                         "when the maps exist; cases without the maps get them from CT_4DPWI anyway.", **fv)
     flags.mark_flags_as_required(["model", "output_dir"], flag_values=flag_values)
 
 
@@ -63,6 +65,7 @@ class PredictConfig:
         case_id: name of the explicit-files case (None: its folder's name).
         output_dir, save_probabilities, montage, montage_slices, overwrite: outputs (`prediction.OutputOptions`).
         progress: show a progress bar.
+        maps_from_4d: compute the perfusion maps from CT_4DPWI for every case (`perfusion_input`).
     """
 
     model: str
@@ -77,6 +80,7 @@ class PredictConfig:
     montage_slices: int = montage_lib.DEFAULT_MAX_SLICES
     overwrite: bool = False
     progress: bool = True
+    maps_from_4d: bool = False
 
 
 class UsageError(ValueError):
@@ -120,6 +124,7 @@ def config_from_flags(flag_values) -> PredictConfig:
         threshold=threshold, input=flag_values.input, files=files, case_id=flag_values.case_id,
         save_probabilities=flag_values.save_probabilities, montage=flag_values.montage,
         montage_slices=flag_values.montage_slices, overwrite=flag_values.overwrite, progress=flag_values.progress,
+        maps_from_4d=flag_values.maps_from_4d,
     )
 
 
@@ -135,12 +140,13 @@ def run(config: PredictConfig, segmenter=None):
     """
     import keras
 
-    from strokenet_tf import prediction
+    from strokenet_tf import perfusion_input, prediction
 
     if config.input is not None:
         inputs = prediction.find_inputs(config.input)
     else:
         inputs = [prediction.explicit_input(config.files, config.case_id)]
+    inputs = perfusion_input.for_inputs(inputs, config.maps_from_4d)
     options = prediction.OutputOptions(
         output_dir=config.output_dir, save_probabilities=config.save_probabilities, save_montage=config.montage,
         montage_slices=config.montage_slices, overwrite=config.overwrite,
@@ -150,7 +156,9 @@ def run(config: PredictConfig, segmenter=None):
         segmenter = prediction.load_model(config.model, config.model_source, config.threshold)
     if config.files:
         flag_of = {modality: name for name, modality in MODALITY_FLAGS.items()}
-        missing = [f"--{flag_of.get(m, m)}" for m in segmenter.channels if m not in config.files]
+        computed = perfusion_input.MAP_KEYS if isles.PWI in config.files else {}  # maps from the series
+        missing = [f"--{flag_of.get(m, m)}" for m in segmenter.channels
+                   if m not in config.files and m not in computed]
         if missing:
             raise UsageError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: the model reads "
                              f"{', '.join(segmenter.channels)}")

@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import metrics, montage
+from strokenet_tf import metrics, montage, perfusion_input
 from strokenet_tf.data import atomic, isles
 
 OUTPUT_KINDS = ("mask", "probability", "montage", "report")
@@ -52,12 +52,14 @@ class CaseInput:
         output_subdir: folder under OUTPUT_DIR that receives the case's outputs.
         case_dir: the ISLES case folder, or None for explicit files.
         files: modality name -> NIfTI path for explicit files, else None.
+        maps_from_4d: compute the perfusion maps from CT_4DPWI even when the maps exist (`perfusion_input`).
     """
 
     case_id: str
     output_subdir: str
     case_dir: pathlib.Path | None = None
     files: Mapping[str, str] | None = None
+    maps_from_4d: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +193,8 @@ def read_input(case_input: CaseInput, channels: Sequence[str],
     Raises:
         isles.IslesFormatError: one line naming the case and file.
     """
+    if perfusion_input.wants_maps_from_4d(case_input, channels):  # maps missing (CT_4DPWI there) or forced
+        return perfusion_input.read_input_from_4d(case_input, channels, warn)
     if case_input.files is None:
         try:
             return isles.read_case(case_input.case_dir, channels)

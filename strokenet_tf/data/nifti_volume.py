@@ -81,7 +81,8 @@ def read_volume(path, case_id: str, modality: str, expected_ndim: int, pwi_summa
         path: the .nii or .nii.gz file.
         case_id, modality: name the file in error messages ("case_3: CT_CBF file ...").
         expected_ndim: 3 for a map or label; 4 for a time series, summarised over time by `pwi_summary`
-            ("max" or "mean"). Trailing singleton axes beyond it are dropped.
+            ("max" or "mean"; "series" keeps the 4D data and leaves NaN/Inf in place for
+            `time_series.read_time_series` to judge). Trailing singleton axes beyond it are dropped.
 
     Raises:
         IslesFormatError: one line naming the case and file (see `isles` for what is refused).
@@ -150,7 +151,7 @@ def read_volume(path, case_id: str, modality: str, expected_ndim: int, pwi_summa
     if raw.dtype.kind not in "biuf":
         raise IslesFormatError(f"{where} stores {raw.dtype}; expected integer or real voxels")
 
-    if ndim == 4:
+    if ndim == 4 and pwi_summary != "series":
         if pwi_summary == "mean":
             raw = raw.mean(axis=3, dtype=np.float64)
         else:  # "max" of the scaled series; a negative slope turns the raw minimum into the maximum.
@@ -161,7 +162,7 @@ def read_volume(path, case_id: str, modality: str, expected_ndim: int, pwi_summa
             data = (raw.astype(np.float64) * slope + inter).astype(np.float32)
     bad = ~np.isfinite(data)
     nonfinite = int(np.count_nonzero(bad))
-    if nonfinite:
+    if nonfinite and pwi_summary != "series":
         data[bad] = 0.0
         logging.warning("%s: replaced %d non-finite (NaN/Inf) voxels by 0 in %s file %s", case_id, nonfinite, modality, path)
     return Volume(

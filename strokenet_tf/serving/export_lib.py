@@ -145,13 +145,16 @@ def next_version(model_base: str) -> int:
 
 def build_export_archive(segmenter: inference.Segmenter) -> keras.export.ExportArchive:
     """An ExportArchive with the tracked Keras models (every ensemble member) and the `serving_default`,
-    `serialized` and `report` endpoints."""
+    `serialized` and `report` endpoints, and `from_4d` (raw CT_4DPWI series in) where the channels allow it."""
     archive = keras.export.ExportArchive()
     for model in segmenter.models:
         archive.track(model)
     archive.add_endpoint(signatures.SERVING_DEFAULT, segmenter.segment)
     archive.add_endpoint(signatures.SERIALIZED, signatures.serialized_endpoint(segmenter))
     archive.add_endpoint(signatures.REPORT, segmenter.report)
+    from_4d = signatures.from_4d_endpoint(segmenter)
+    if from_4d is not None:  # models reading only CT, CT_4DPWI and the maps
+        archive.add_endpoint(signatures.FROM_4D, from_4d)
     return archive
 
 

@@ -10,6 +10,12 @@ mirrored, calibrated) inside it.
 hypoperfusion, mismatch volume and ratio, HIR, DEFUSE-3 / EXTEND-IA flags, status), every member's core volume
 and the members' disagreement flag. Research output, not a medical device.
 
+`from_4d` (`from_4d_endpoint`, for models reading only CT, CT_4DPWI and the maps) takes the raw series instead of
+the maps: "series_hu" float32 `[batch, depth, height, width, time]`, "ct_hu" `[batch, depth, height, width]` and
+"frame_interval_s" `[batch]`; it computes CBF/CBV/MTT/Tmax by oSVD deconvolution (`perfusion_input.image_from_4d`,
+the same graph predict uses for such cases) and returns the outputs of `serving_default` plus "aif_found" bool
+`[batch]` (False: no arterial input, the maps are 0 and the segmentation meaningless).
+
 `serialized` accepts the same raw maps as serialized `TensorProto`s, one string per case (key "image_bytes"),
 parses them in the graph and calls the same `Segmenter.segment`. Over REST a string travels as base64
 (`{"b64": ...}`, 4 characters per 3 bytes) instead of a JSON number per voxel value (10-20 characters), so a
@@ -25,6 +31,9 @@ from strokenet_tf import inference
 SERVING_DEFAULT = "serving_default"
 SERIALIZED = "serialized"
 REPORT = inference.REPORT_SIGNATURE
+FROM_4D = "from_4d"
+FROM_4D_KEYS = ("series_hu", "ct_hu", "frame_interval_s")
+AIF_FOUND_KEY = "aif_found"
 SIGNATURES = (SERVING_DEFAULT, SERIALIZED)
 """The signatures that take the image alone (what `serving_client` can call)."""
 EXPORTED_SIGNATURES = SIGNATURES + (REPORT,)
@@ -54,3 +63,30 @@ def serialized_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental
         return segmenter.segment(images)
 
     return segment_serialized
+
+
+def from_4d_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental.GenericFunction | None:
+    """A tf.function: raw CT_4DPWI series, CT and frame interval -> `segmenter.segment` of the image built by
+    `perfusion_input.image_from_4d`, plus "aif_found"; None when the model reads other channels.
+
+    Every case of one request must have the same shape (they are stacked into one batch).
+    """
+    from strokenet_tf import perfusion_input
+
+    if not perfusion_input.supports(segmenter.channels):
+        return None
+    channels = tuple(segmenter.channels)
+    image_spec = tf.TensorSpec([None, None, None, len(channels)], tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None, None], tf.float32),
+                                  tf.TensorSpec([None, None, None, None], tf.float32),
+                                  tf.TensorSpec([None], tf.float32)])
+    def segment_from_4d(series_hu: tf.Tensor, ct_hu: tf.Tensor, frame_interval_s: tf.Tensor) -> dict[str, tf.Tensor]:
+        images, found = tf.map_fn(lambda case: perfusion_input.image_from_4d(*case, channels),
+                                  (series_hu, ct_hu, frame_interval_s),
+                                  fn_output_signature=(image_spec, tf.TensorSpec([], tf.bool)))
+        outputs = dict(segmenter.segment(images))
+        outputs[AIF_FOUND_KEY] = found
+        return outputs
+
+    return segment_from_4d
