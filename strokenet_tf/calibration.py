@@ -314,9 +314,17 @@ def calibrate(out_of_fold_paths: Sequence[str], output_dir: str, method: str | N
     from strokenet_tf.data import atomic
 
     probabilities, labels = read_out_of_fold(out_of_fold_paths)
-    candidates = {"temperature": Calibration(temperature=fit_temperature(probabilities, labels)),
-                  "platt": Calibration(*fit_platt(probabilities, labels)),
-                  "isotonic": fit_isotonic(probabilities, labels)}
+    fitters = {"temperature": lambda: Calibration(temperature=fit_temperature(probabilities, labels)),
+               "platt": lambda: Calibration(*fit_platt(probabilities, labels)),
+               "isotonic": lambda: fit_isotonic(probabilities, labels)}
+    candidates, failed = {}, {}
+    for name, fit in fitters.items():
+        try:
+            candidates[name] = fit()
+        except ValueError as error:  # e.g. an untrained network whose probabilities do not rank lesion voxels
+            failed[name] = str(error)
+    if not candidates:
+        raise ValueError(f"calibration: no map could be fitted ({'; '.join(failed.values())})")
     before = reliability_bins(probabilities, labels)
     fits = {name: {**fitted.to_dict(), "ece": expected_calibration_error(fitted.apply_np(probabilities), labels)}
             for name, fitted in candidates.items()}
@@ -328,7 +336,7 @@ def calibrate(out_of_fold_paths: Sequence[str], output_dir: str, method: str | N
     document = {"description": "monotone map of the ensemble's lesion probability fitted on out-of-fold brain "
                                "voxels (the lowest out-of-fold ECE of the candidates unless chosen); applied in "
                                "the graph after the mask is taken, so it never changes the segmentation",
-                "calibration": fitted.to_dict(), "candidates": fits,
+                "calibration": fitted.to_dict(), "candidates": fits, "failed_candidates": failed,
                 "ece_before": before["ece"], "ece_after": after["ece"],
                 "num_bins": NUM_BINS, "n_voxels": before["n_voxels"],
                 "out_of_fold_files": [os.path.abspath(p) for p in out_of_fold_paths],

@@ -224,7 +224,11 @@ def _run_folds(config: CrossValidationConfig) -> dict[str, Any]:
     write_summary(config.train.model_dir, summary)
     from strokenet_tf import calibration
 
-    summary["calibration"] = calibration.calibrate_cross_validation(config.train.model_dir, config.eval_model_source)
+    try:
+        summary["calibration"] = calibration.calibrate_cross_validation(config.train.model_dir,
+                                                                        config.eval_model_source)
+    except ValueError as error:
+        _warn(f"no calibration: {cli.first_line(error)}")
     return summary
 
 

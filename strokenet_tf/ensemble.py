@@ -23,6 +23,7 @@ from strokenet_tf.data import preprocess
 from strokenet_tf.training import checkpointing
 
 _FOLD_PATTERN = re.compile(r"^fold_(\d+)$")
+PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16")
 CV_SUMMARY_FILE = "cv_summary.json"
 EVAL_SUMMARY = os.path.join("evaluation", "summary.json")
 
@@ -106,9 +107,64 @@ def default_calibration(paths: Sequence[str]) -> calibration.Calibration:
     return calibration.Calibration()
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True where oneDNN runs bfloat16 natively: AVX512_BF16 or AMX-BF16 in /proc/cpuinfo's flags."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as stream:
+                cpuinfo = stream.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, is_ensemble: bool) -> str:
+    """The dtype policy of the members: "auto" is mixed_float16 on a GPU, bfloat16 on a CPU with native bf16,
+    float32 elsewhere, and float32 for a single run (today's single model, bit for bit)."""
+    if precision not in PRECISIONS:
+        raise inference.ModelLoadError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if not is_ensemble:
+        return "float32"
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def with_policy(trained: inference.TrainedModel, policy: str):
+    """The member's network rebuilt under a Keras dtype policy with the same weights (float32 in and out: the
+    logits layer stays float32); for "float32" the model as saved (a mixed_float16 run stays so)."""
+    import keras
+
+    from strokenet_tf.model import strokenet
+
+    if policy == "float32":
+        return trained.model
+    config = strokenet.ModelConfig.from_dict(trained.run_config["model"]) if trained.run_config.get("model") \
+        else strokenet.ModelConfig()
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = strokenet.build_strokenet(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    try:
+        model.set_weights(trained.model.get_weights())
+    except ValueError as error:
+        raise inference.ModelLoadError(f"{trained.source}: cannot run under {policy} ({error})") from None
+    return model
+
+
 def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float = inference.DEFAULT_THRESHOLD,
                   mirror: bool | None = None, temperature: float | None = None,
-                  calibrate: bool = True) -> inference.Segmenter:
+                  calibrate: bool = True, precision: str = "float32") -> inference.Segmenter:
     """A `Segmenter` averaging every member of `paths` (see `resolve_members`).
 
     Args:
@@ -120,6 +176,7 @@ def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float =
         temperature: None = the CV folder's calibration.json (none without one or for a list of runs); a number:
             temperature scaling by it instead.
         calibrate: False: no calibration at all (raw averaged probabilities).
+        precision: dtype policy of the members (`PRECISIONS`; "auto": see `resolve_precision`).
 
     Raises:
         inference.ModelLoadError: one line naming the member or setting.
@@ -139,8 +196,10 @@ def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float =
     else:
         fitted = default_calibration(paths)
     first = members[0]
-    segmenter = inference.Segmenter([m.model for m in members], first.channels, first.multiples, threshold,
-                                    mirror=mirror, calibration=fitted)
+    policy = resolve_precision(precision, is_ensemble)
+    segmenter = inference.Segmenter([with_policy(m, policy) for m in members], first.channels, first.multiples,
+                                    threshold, mirror=mirror, calibration=fitted)
+    segmenter.precision = policy
     segmenter.trained = first
     segmenter.members = members
     segmenter.member_paths = member_paths

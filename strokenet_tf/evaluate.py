@@ -27,7 +27,13 @@ TOOL = "strokenet_tf.evaluate"
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the evaluator's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("model", None, "Training run folder, .keras file or exported SavedModel version folder.", **fv)
+    flags.DEFINE_string("model", None, "Training run folder, .keras file, cross_validate folder or run folders "
+                        "separated by commas (one ensemble), or exported SavedModel version folder.", **fv)
+    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
+                      "ensemble, off for a single run; an export fixes its own).", **fv)
+    flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "mixed_float16"], "Compute dtype of "
+                      "the network (auto: float32 for a single run; for an ensemble bfloat16 on a CPU with "
+                      "AVX512_BF16/AMX, mixed_float16 on a GPU).", **fv)
     flags.DEFINE_enum("model_source", "best", ["best", "latest"], "For a run folder: best.keras or the newest "
                       "training checkpoint.", **fv)
     flags.DEFINE_float("threshold", None, "Mask = probability >= threshold (default 0.5; an export fixes its own).",
@@ -57,6 +63,8 @@ class EvaluateConfig:
     output_dir: str
     model_source: str = "best"
     threshold: float | None = None
+    mirror: bool | None = None
+    precision: str = "auto"
     data_dir: str | None = None
     split: str | None = None
     fold: int | None = None
@@ -88,7 +96,9 @@ def config_from_flags(flag_values) -> EvaluateConfig:
         raise UsageError(f"--threshold must be in (0, 1), got {threshold}")
     return EvaluateConfig(
         model=flag_values.model, output_dir=flag_values.output_dir, model_source=flag_values.model_source,
-        threshold=threshold, data_dir=flag_values.data_dir, split=flag_values.split, fold=flag_values.fold,
+        threshold=threshold, mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
+        precision=flag_values.precision,
+        data_dir=flag_values.data_dir, split=flag_values.split, fold=flag_values.fold,
         num_folds=flag_values.num_folds, seed=flag_values.seed, patient_map=flag_values.patient_map,
         empty_score=_rule(flag_values.empty_score, "empty_score", ("zero", "one", "nan")),
         empty_distance=_rule(flag_values.empty_distance, "empty_distance", ("nan", "inf", "zero")),
@@ -115,7 +125,10 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
 
     evaluation.check_outputs(config.output_dir, config.overwrite)
     if segmenter is None:
-        segmenter = prediction.load_model(config.model, config.model_source, config.threshold)
+        segmenter = prediction.load_model(config.model, config.model_source, config.threshold, config.mirror,
+                                          config.precision)
+    if len(getattr(segmenter, "models", ())) > 1 and config.fold is not None:
+        _warn("--fold with an ensemble: every fold's cases trained some member, so the scores are optimistic")
     run_config = getattr(getattr(segmenter, "trained", None), "run_config", None) or {}
     data_dir = config.data_dir or run_config.get("data_dir")
     if not data_dir:

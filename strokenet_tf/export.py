@@ -35,6 +35,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                         "one ensemble.", **fv)
     flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
                       "ensemble, off for a single run).", **fv)
+    flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "mixed_float16"], "Compute dtype of the "
+                      "exported network (float32 runs everywhere; bfloat16 for CPUs with AVX512_BF16/AMX, "
+                      "mixed_float16 for GPUs).", **fv)
     flags.DEFINE_float("temperature", None, "Temperature scaling instead of the calibration map of the "
                        "cross_validate folder's calibration.json.", **fv)
     flags.DEFINE_string("export_base", None, "EXPORT_BASE: the version is written to "
@@ -75,6 +78,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.Expor
         verify=flag_values.verify,
         mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
         temperature=flag_values.temperature,
+        precision=flag_values.precision,
     ).validate()
 
 

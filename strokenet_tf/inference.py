@@ -374,7 +374,7 @@ def is_saved_model_dir(path: str) -> bool:
 
 
 def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD,
-                   mirror: bool | None = None):
+                   mirror: bool | None = None, precision: str = "float32"):
     """A `Segmenter` for a training run / `.keras` file, an ensemble (a cross-validation folder, or run folders
     separated by commas; see `ensemble.load_ensemble`), or a `SavedModelSegmenter` for an export version folder.
 
@@ -387,4 +387,5 @@ def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_T
         return SavedModelSegmenter(path)
     from strokenet_tf import ensemble
 
-    return ensemble.load_ensemble([p for p in path.split(",") if p], source, threshold, mirror=mirror)
+    return ensemble.load_ensemble([p for p in path.split(",") if p], source, threshold, mirror=mirror,
+                                  precision=precision)

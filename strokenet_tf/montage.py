@@ -4,7 +4,9 @@ What a clinician or researcher looks at first: one row per axial slice, one colu
 Tmax), each map windowed from its own 1st-99th percentile inside the brain (summed perfusion > 0, the ISLES
 brain mask), so vendor-scaled CBF/CBV display like calibrated ones. The predicted lesion is outlined in red
 (its outer boundary, `skimage.segmentation.find_boundaries(mode="outer")`, so the tissue under the outline stays
-visible); a ground truth, when given, in green. Tiles are cropped to the head (brain mask plus a margin).
+visible); a ground truth, when given, in green; the Tmax > 6 s hypoperfusion of the perfusion report, when
+given, in yellow, with the report's volumes in the top band. Tiles are cropped to the head (brain mask plus a
+margin).
 
 Orientation: slices are shown in radiological convention (patient right on the image left, anterior up)
 whatever the affine: the arrays are reoriented to the closest RAS axes (`nibabel.orientations.io_orientation`)
@@ -29,6 +31,7 @@ from strokenet_tf.data import isles
 
 PREDICTION_RGB = (255, 40, 40)
 TRUTH_RGB = (40, 230, 40)
+HYPOPERFUSION_RGB = (255, 220, 0)
 DEFAULT_MAX_SLICES = 6
 _LABEL_BAND_PX = 14
 _SHORT_NAMES = {isles.CT: "CT", isles.CBF: "CBF", isles.CBV: "CBV", isles.MTT: "MTT", isles.TMAX: "Tmax",
@@ -96,7 +99,8 @@ def _radiological(slice_yx: np.ndarray) -> np.ndarray:
 
 def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None = None,
                    channels: Sequence[str] | None = None, max_slices: int = DEFAULT_MAX_SLICES,
-                   title: str | None = None) -> np.ndarray:
+                   title: str | None = None, hypoperfusion: np.ndarray | None = None,
+                   caption: str | None = None) -> np.ndarray:
     """RGB montage of `case` with `mask` outlined.
 
     Args:
@@ -106,6 +110,8 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
         channels: maps to show, in column order; default: every channel of the case.
         max_slices: most axial slices (rows), see `choose_slices`.
         title: text of the top band (default: the case id).
+        hypoperfusion: optional Tmax > 6 s mask, same shape, outlined in yellow (under the lesion outlines).
+        caption: optional second line of text (e.g. the perfusion report's volumes).
 
     Returns:
         uint8 [height, width, 3].
@@ -119,6 +125,7 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
     brain = (case.image[..., perfusion].sum(axis=-1) > 0) if perfusion else np.ones(mask.shape, bool)
     brain_d, mask_d = to_display(brain), to_display(mask)
     truth_d = None if truth is None else to_display(np.asarray(truth) > 0)
+    hypo_d = None if hypoperfusion is None else to_display(np.asarray(hypoperfusion) > 0)
     slices = choose_slices(mask_d, max_slices)
     crop = _crop_box(brain_d | mask_d | (truth_d if truth_d is not None else False))
     windowed = [window(to_display(case.image[..., case.channels.index(c)]), brain_d) for c in channels]
@@ -127,6 +134,8 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
         row = []
         for grey in windowed:
             rgb = np.repeat(grey[z][..., np.newaxis], 3, axis=-1) * 255.0
+            if hypo_d is not None:
+                rgb[find_boundaries(hypo_d[z], mode="outer")] = HYPOPERFUSION_RGB
             # Outer boundaries: the outline sits just outside the lesion, so the tissue under it stays visible.
             if truth_d is not None:
                 rgb[find_boundaries(truth_d[z], mode="outer")] = TRUTH_RGB
@@ -134,29 +143,34 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
             row.append(_radiological(rgb[crop]).astype(np.uint8))
         tiles_by_row.append(row)
     return _assemble(tiles_by_row, [_SHORT_NAMES.get(c, c) for c in channels], slices, mask_d.shape[0],
-                     title if title is not None else case.case_id, truth is not None)
+                     title if title is not None else case.case_id, truth is not None, hypo_d is not None, caption)
 
 
-def _assemble(tiles, column_names, slices, depth, title, with_truth) -> np.ndarray:
+def _assemble(tiles, column_names, slices, depth, title, with_truth, with_hypoperfusion=False,
+              caption=None) -> np.ndarray:
     tile_h, tile_w = tiles[0][0].shape[:2]
     gap, band = 2, _LABEL_BAND_PX
     left = 34
+    top_band = 3 * band if caption else 2 * band
     width = left + len(column_names) * (tile_w + gap)
-    height = 2 * band + len(slices) * (tile_h + gap)
+    height = top_band + len(slices) * (tile_h + gap)
     canvas = np.zeros((height, width, 3), np.uint8)
     for r, row in enumerate(tiles):
-        top = 2 * band + r * (tile_h + gap)
+        top = top_band + r * (tile_h + gap)
         for c, tile in enumerate(row):
             x = left + c * (tile_w + gap)
             canvas[top:top + tile_h, x:x + tile_w] = tile
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    legend = "red: predicted lesion" + (", green: ground truth" if with_truth else "")
+    legend = ("red: predicted lesion" + (", green: ground truth" if with_truth else "")
+              + (", yellow: Tmax > 6 s" if with_hypoperfusion else ""))
     draw.text((2, 1), f"{title}   {legend}   (R on left, anterior up)", fill=(255, 255, 255))
+    if caption:
+        draw.text((2, band + 1), caption, fill=HYPOPERFUSION_RGB)
     for c, name in enumerate(column_names):
-        draw.text((left + c * (tile_w + gap) + 2, band + 1), name, fill=(255, 255, 0))
+        draw.text((left + c * (tile_w + gap) + 2, top_band - band + 1), name, fill=(255, 255, 0))
     for r, z in enumerate(slices):
-        draw.text((2, 2 * band + r * (tile_h + gap) + 2), f"z{z + 1}/{depth}", fill=(255, 255, 0))
+        draw.text((2, top_band + r * (tile_h + gap) + 2), f"z{z + 1}/{depth}", fill=(255, 255, 0))
     return np.asarray(image)
 
 

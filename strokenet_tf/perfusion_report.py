@@ -184,8 +184,8 @@ def csv_row(case_id: str, report: Mapping[str, Any], uncertainty: Mapping[str, A
 
     interval = (uncertainty or {}).get("core_volume_interval_ml") or [None, None]
     status = report["status"].replace(",", ";")
-    return [case_id, cell(report["core_volume_ml"]), cell(interval[0]), cell(interval[1]),
-            cell((uncertainty or {}).get("members_disagree")), cell(report["hypoperfusion_volume_ml"]),
-            cell(report["mismatch_volume_ml"]), cell(report["mismatch_ratio"]),
-            cell(report["hypoperfusion_intensity_ratio"]), cell(report["defuse3"]["met"]),
-            cell(report["extend_ia"]["met"]), status]
+    return [case_id, cell(report.get("core_volume_ml")), cell(interval[0]), cell(interval[1]),
+            cell((uncertainty or {}).get("members_disagree")), cell(report.get("hypoperfusion_volume_ml")),
+            cell(report.get("mismatch_volume_ml")), cell(report.get("mismatch_ratio")),
+            cell(report.get("hypoperfusion_intensity_ratio")), cell(report.get("defuse3", {}).get("met")),
+            cell(report.get("extend_ia", {}).get("met")), status]

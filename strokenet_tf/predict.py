@@ -6,10 +6,12 @@ Usage:
     python -m strokenet_tf.predict --model=export/strokenet/1 --ct=ct.nii --cbf=cbf.nii --cbv=cbv.nii \
         --mtt=mtt.nii --tmax=tmax.nii --output_dir=out
 
---model is a training run folder (best.keras, or --model_source=latest for the newest checkpoint), a .keras file
-or an exported SavedModel version folder. Each case gets a uint8 mask in the input's exact geometry, a montage
-PNG, a JSON report (lesion volume in mL, connected components) and optionally the probability map (see
-`strokenet_tf.prediction`). Exit codes: 0 all cases done, 1 some case failed (reported and skipped), 2 bad flags
+--model is a training run folder (best.keras, or --model_source=latest for the newest checkpoint), a .keras file,
+a cross_validate folder or run folders separated by commas (an ensemble: mirrored and calibrated by default, see
+`strokenet_tf.ensemble`), or an exported SavedModel version folder. Each case gets a uint8 mask in the input's
+exact geometry, an uncertainty map, a montage PNG, a JSON report (lesion volume in mL, connected components, the
+perfusion-mismatch report: research output, not a medical device) and optionally the probability map (see
+`strokenet_tf.prediction`); a run of several cases also writes OUTPUT_DIR/perfusion_report.csv. Exit codes: 0 all cases done, 1 some case failed (reported and skipped), 2 bad flags
 or inputs that stop the whole run.
 """
 
@@ -33,7 +35,14 @@ MODALITY_FLAGS = {"ct": isles.CT, "cbf": isles.CBF, "cbv": isles.CBV, "mtt": isl
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the predictor's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("model", None, "Training run folder, .keras file or exported SavedModel version folder.", **fv)
+    flags.DEFINE_string("model", None, "Training run folder, .keras file, cross_validate folder or run folders "
+                        "separated by commas (one ensemble), or exported SavedModel version folder.", **fv)
+    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
+                      "ensemble, off for a single run; an export fixes its own).", **fv)
+    flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "mixed_float16"], "Compute dtype of "
+                      "the network (auto: float32 for a single run; for an ensemble bfloat16 on a CPU with "
+                      "AVX512_BF16/AMX, mixed_float16 on a GPU).", **fv)
+    flags.DEFINE_boolean("save_uncertainty", True, "Write the uncertainty map (predictive entropy, bits).", **fv)
     flags.DEFINE_enum("model_source", "best", ["best", "latest"], "For a run folder: best.keras or the newest "
                       "training checkpoint.", **fv)
     flags.DEFINE_float("threshold", None, "Mask = probability >= threshold (default 0.5; an export fixes its own).",
@@ -72,6 +81,9 @@ class PredictConfig:
     output_dir: str
     model_source: str = "best"
     threshold: float | None = None
+    mirror: bool | None = None
+    precision: str = "auto"
+    save_uncertainty: bool = True
     input: str | None = None
     files: dict = dataclasses.field(default_factory=dict)
     case_id: str | None = None
@@ -121,7 +133,10 @@ def config_from_flags(flag_values) -> PredictConfig:
     _check_paths(flag_values.model, flag_values.input, files, flag_values.output_dir)
     return PredictConfig(
         model=flag_values.model, output_dir=flag_values.output_dir, model_source=flag_values.model_source,
-        threshold=threshold, input=flag_values.input, files=files, case_id=flag_values.case_id,
+        threshold=threshold, mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
+        precision=flag_values.precision,
+        save_uncertainty=flag_values.save_uncertainty, input=flag_values.input, files=files,
+        case_id=flag_values.case_id,
         save_probabilities=flag_values.save_probabilities, montage=flag_values.montage,
         montage_slices=flag_values.montage_slices, overwrite=flag_values.overwrite, progress=flag_values.progress,
         maps_from_4d=flag_values.maps_from_4d,
@@ -148,12 +163,14 @@ def run(config: PredictConfig, segmenter=None):
         inputs = [prediction.explicit_input(config.files, config.case_id)]
     inputs = perfusion_input.for_inputs(inputs, config.maps_from_4d)
     options = prediction.OutputOptions(
-        output_dir=config.output_dir, save_probabilities=config.save_probabilities, save_montage=config.montage,
+        output_dir=config.output_dir, save_probabilities=config.save_probabilities,
+        save_uncertainty=config.save_uncertainty, save_montage=config.montage,
         montage_slices=config.montage_slices, overwrite=config.overwrite,
     )
     prediction.check_outputs(inputs, options)  # before the model loads: refuse early and cheaply
     if segmenter is None:
-        segmenter = prediction.load_model(config.model, config.model_source, config.threshold)
+        segmenter = prediction.load_model(config.model, config.model_source, config.threshold, config.mirror,
+                                          config.precision)
     if config.files:
         flag_of = {modality: name for name, modality in MODALITY_FLAGS.items()}
         computed = perfusion_input.MAP_KEYS if isles.PWI in config.files else {}  # maps from the series
@@ -193,6 +210,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         shown = f"mask {outputs['mask']}" + (f", montage {outputs['montage']}" if "montage" in outputs else "")
         print(f"{report['case_id']}: lesion {report['lesion_volume_ml']:.2f} mL in "
               f"{report['connected_components']} component(s), {report['seconds']['predict']:.2f} s; {shown}")
+        print(f"  {prediction.montage_caption(report['perfusion_report'], report['uncertainty'])}")
     if failures:
         _fail(f"{len(failures)} of {len(failures) + len(reports)} case(s) failed: "
               + "; ".join(f"{f.case_id} ({f.message})" for f in failures), code=1)

@@ -6,9 +6,17 @@ forward pass), and write, each file atomically (temporary file + rename):
 
     OUTPUT_DIR/<case>/<case_id>_mask.nii.gz          uint8 {0, 1}, exactly the input's grid (shape, affine,
                                                      qform/sform and their codes, zooms, units)
-    OUTPUT_DIR/<case>/<case_id>_probability.nii.gz   float32 lesion probability (optional)
-    OUTPUT_DIR/<case>/<case_id>_montage.png          axial slices of the maps, lesion outlined (`montage`)
-    OUTPUT_DIR/<case>/<case_id>_report.json          lesion volume (mL), connected components, timings, inputs
+    OUTPUT_DIR/<case>/<case_id>_probability.nii.gz   float32 lesion probability (optional; calibrated for a
+                                                     calibrated ensemble)
+    OUTPUT_DIR/<case>/<case_id>_uncertainty.nii.gz   float32 predictive entropy in bits, 0-1 (optional, default on)
+    OUTPUT_DIR/<case>/<case_id>_montage.png          axial slices of the maps, lesion and Tmax > 6 s outlined,
+                                                     the report's volumes (`montage`)
+    OUTPUT_DIR/<case>/<case_id>_report.json          lesion volume (mL), connected components, the perfusion
+                                                     report (`perfusion_report`: core, hypoperfusion, mismatch,
+                                                     DEFUSE-3 / EXTEND-IA; research output, not a medical
+                                                     device), the ensemble's volume interval and disagreement
+                                                     flag, timings, inputs
+    OUTPUT_DIR/perfusion_report.csv                  one row per case, for a run of several cases
 
 `<case>` is the case folder's path relative to the input folder (so TRAINING/case_1 and TESTING/case_1 of one
 root do not collide), or the case id for a single case. The report is written last: its presence means the
@@ -30,12 +38,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import metrics, montage, perfusion_input
+from strokenet_tf import ensemble, metrics, montage, perfusion_input, perfusion_report
+from strokenet_tf.inference import MASK_KEY as MASK, PROBABILITIES_KEY as PROBABILITIES, UNCERTAINTY_KEY as UNCERTAINTY
 from strokenet_tf.data import atomic, isles
 
-OUTPUT_KINDS = ("mask", "probability", "montage", "report")
-_SUFFIXES = {"mask": "_mask.nii.gz", "probability": "_probability.nii.gz", "montage": "_montage.png",
-             "report": "_report.json"}
+OUTPUT_KINDS = ("mask", "probability", "uncertainty", "montage", "report")
+_SUFFIXES = {"mask": "_mask.nii.gz", "probability": "_probability.nii.gz", "uncertainty": "_uncertainty.nii.gz",
+             "montage": "_montage.png", "report": "_report.json"}
+BATCH_CSV = "perfusion_report.csv"
 COMPONENT_CONNECTIVITY = 26  # as metrics.lesion_detection
 
 
@@ -69,6 +79,7 @@ class OutputOptions:
     Attributes:
         output_dir: root of the outputs (created if missing).
         save_probabilities: also write the probability map.
+        save_uncertainty: write the uncertainty map (predictive entropy).
         save_montage: write the PNG montage.
         montage_slices: most axial slices in the montage.
         overwrite: replace outputs that exist (never inputs).
@@ -76,6 +87,7 @@ class OutputOptions:
 
     output_dir: str
     save_probabilities: bool = False
+    save_uncertainty: bool = True
     save_montage: bool = True
     montage_slices: int = montage.DEFAULT_MAX_SLICES
     overwrite: bool = False
@@ -87,7 +99,8 @@ class CaseFailure:
     message: str
 
 
-def load_model(model: str, source: str = "best", threshold: float | None = None):
+def load_model(model: str, source: str = "best", threshold: float | None = None, mirror: bool | None = None,
+               precision: str = "float32"):
     """`inference.load_segmenter` with the threshold rule: an export records its own threshold.
 
     Raises:
@@ -98,7 +111,10 @@ def load_model(model: str, source: str = "best", threshold: float | None = None)
     if threshold is not None and inference.is_saved_model_dir(model):
         raise inference.ModelLoadError(f"{model}: an exported SavedModel fixes its threshold in its metadata; "
                                        "drop --threshold")
-    return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD if threshold is None else threshold)
+    if inference.is_saved_model_dir(model):
+        return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD, mirror)
+    return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD if threshold is None else threshold,
+                                    mirror, precision)
 
 
 def find_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
@@ -146,7 +162,7 @@ def output_paths(case_input: CaseInput, options: OutputOptions) -> dict[str, pat
     """The files a case will write, by kind (see `OUTPUT_KINDS`)."""
     folder = pathlib.Path(options.output_dir) / case_input.output_subdir
     kinds = [k for k in OUTPUT_KINDS if (k != "probability" or options.save_probabilities)
-             and (k != "montage" or options.save_montage)]
+             and (k != "montage" or options.save_montage) and (k != "uncertainty" or options.save_uncertainty)]
     return {kind: folder / f"{case_input.case_id}{_SUFFIXES[kind]}" for kind in kinds}
 
 
@@ -241,8 +257,11 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
              f"{case.source_files[modality]}")
     read_s = time.perf_counter() - started
     started = time.perf_counter()
-    probabilities, mask = segmenter.predict_case(case)
+    outputs = segmenter.analyse_case(case)
+    probabilities, mask = outputs[PROBABILITIES], outputs[MASK]
     predict_s = time.perf_counter() - started
+    perfusion = perfusion_section(outputs, segmenter)
+    uncertainty = ensemble.uncertainty_summary(outputs, case.spacing_mm)
     started = time.perf_counter()
     paths = output_paths(case_input, options)
     paths["mask"].parent.mkdir(parents=True, exist_ok=True)
@@ -251,14 +270,21 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
     isles.write_nifti_like(mask.astype(np.uint8), case, paths["mask"], dtype=np.uint8)
     if "probability" in paths:
         isles.write_nifti_like(probabilities.astype(np.float32), case, paths["probability"], dtype=np.float32)
+    if "uncertainty" in paths and UNCERTAINTY in outputs:
+        isles.write_nifti_like(outputs[UNCERTAINTY].astype(np.float32), case, paths["uncertainty"], dtype=np.float32)
     if "montage" in paths:
-        rgb = montage.render_montage(case, mask, truth=case.label, max_slices=options.montage_slices)
+        rgb = montage.render_montage(case, mask, truth=case.label, max_slices=options.montage_slices,
+                                     hypoperfusion=outputs.get(perfusion_report.HYPOPERFUSION_MASK_KEY),
+                                     caption=montage_caption(perfusion, uncertainty))
         atomic.atomic_write_bytes(paths["montage"], montage.encode_png(rgb))
     report = {
         "case_id": case.case_id,
         **lesion_report(mask, case.spacing_mm),
         "max_probability": float(probabilities.max()) if probabilities.size else 0.0,
         "threshold": float(getattr(segmenter, "threshold", float("nan"))),
+        "perfusion_report": perfusion,
+        "uncertainty": uncertainty,
+        "ensemble": ensemble_info(segmenter),
         "model": str(getattr(segmenter, "source", "") or getattr(getattr(segmenter, "trained", None), "source", "")),
         "shape_xyz": list(case.nifti_shape),
         "voxel_size_mm_xyz": [float(s) for s in reversed(case.spacing_mm)],
@@ -272,6 +298,44 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
     return report
 
 
+def perfusion_section(outputs: Mapping[str, np.ndarray], segmenter) -> dict:
+    """The perfusion report of one case's outputs; the core only, with the reason, where the graph had none."""
+    if "perfusion_status" in outputs:
+        return perfusion_report.describe({k: np.asarray(v)[np.newaxis] for k, v in outputs.items()})
+    return {"disclaimer": perfusion_report.DISCLAIMER, "core_volume_ml": None,
+            "status": f"{getattr(segmenter, 'source', 'the model')}: an export without the report signature "
+                      "(exported before it existed): no perfusion report; re-export the run"}
+
+
+def ensemble_info(segmenter) -> dict:
+    """Members, mirroring and calibration of the model that predicted (an in-process ensemble or an export)."""
+    metadata = getattr(segmenter, "metadata", None)
+    members = (metadata.get("ensemble", {}).get("n_members", 1) if metadata is not None
+               else len(getattr(segmenter, "models", [None])))
+    calibration = getattr(segmenter, "calibration", None)
+    return {"n_members": members, "mirror": bool(getattr(segmenter, "mirror", False)),
+            "calibration": calibration.method if calibration is not None else "identity"}
+
+
+def montage_caption(perfusion: Mapping, uncertainty: Mapping | None) -> str:
+    """One line of the report's volumes for the montage (research output)."""
+    def ml(value):
+        return "n/a" if value is None else ("inf" if value == "inf" else f"{value:.1f} mL")
+
+    parts = [f"core {ml(perfusion.get('core_volume_ml'))}"]
+    if uncertainty and uncertainty["n_members"] > 1:
+        low, high = uncertainty["core_volume_interval_ml"]
+        parts[0] += f" [{low:.1f}-{high:.1f}]" + (" DISAGREE" if uncertainty["members_disagree"] else "")
+    if perfusion.get("hypoperfusion_volume_ml") is not None:
+        ratio = perfusion["mismatch_ratio"]
+        ratio = ratio if isinstance(ratio, str) else f"{ratio:.2f}"
+        parts += [f"Tmax>6s {ml(perfusion['hypoperfusion_volume_ml'])}",
+                  f"mismatch {ml(perfusion['mismatch_volume_ml'])} (ratio {ratio})"]
+    else:
+        parts.append("no perfusion report: " + perfusion["status"].split(":")[0])
+    return ", ".join(parts) + "  (research output, not a medical device)"
+
+
 def predict_cases(segmenter, inputs: Sequence[CaseInput], options: OutputOptions,
                   on_progress: Callable[[int, str], None] = lambda done, case_id: None,
                   warn: Callable[[str], None] = lambda message: None) -> tuple[list[dict], list[CaseFailure]]:
@@ -281,6 +345,9 @@ def predict_cases(segmenter, inputs: Sequence[CaseInput], options: OutputOptions
         PredictError: before any work, for outputs that exist or would land inside the inputs.
     """
     check_outputs(inputs, options)
+    batch_csv = pathlib.Path(options.output_dir) / BATCH_CSV
+    if len(inputs) > 1 and batch_csv.exists() and not options.overwrite:
+        raise PredictError(f"output {batch_csv} already exists; pass --overwrite to replace it")
     pathlib.Path(options.output_dir).mkdir(parents=True, exist_ok=True)
     reports, failures = [], []
     for done, case_input in enumerate(inputs, start=1):
@@ -291,4 +358,8 @@ def predict_cases(segmenter, inputs: Sequence[CaseInput], options: OutputOptions
             failures.append(CaseFailure(case_input.case_id, message))
             warn(f"{case_input.case_id}: skipped: {message}")
         on_progress(done, case_input.case_id)
+    if len(inputs) > 1:
+        rows = [perfusion_report.CSV_COLUMNS] + [
+            perfusion_report.csv_row(r["case_id"], r["perfusion_report"], r["uncertainty"]) for r in reports]
+        atomic.atomic_write_text(batch_csv, "\n".join(",".join(row) for row in rows) + "\n")
     return reports, failures

@@ -4,6 +4,7 @@ over folds, resuming (a scored fold is skipped), refusals."""
 import json
 import math
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -54,6 +55,9 @@ def test_every_fold_is_trained_scored_and_summarised(cv_run, data_dir, capsys):
         assert document["case_ids"] == val_ids and document["fold"]["fold"] == fold
         assert (model_dir / f"fold_{fold}" / "best.keras").is_file()
         assert (model_dir / f"fold_{fold}" / "evaluation" / "per_case.csv").is_file()
+        with np.load(model_dir / f"fold_{fold}" / "evaluation" / "out_of_fold.npz") as kept:  # for the calibration
+            assert list(kept["case_ids"]) == val_ids and kept["probabilities"].size == kept["labels"].size > 0
+            assert bool(kept["mirror"])
         fold_means.append(document["metrics"]["dice"]["mean"])
         assert summary["folds"][str(fold)]["dice"] == document["metrics"]["dice"]["mean"]
     over = summary["mean_over_folds"]["dice"]

@@ -76,7 +76,8 @@ class ExportConfig:
         warmup_size: in-plane size of the warmup volumes (256 for ISLES 2018).
         verify: reload the staged SavedModel and check it against the Segmenter before publishing.
         mirror: left-right test-time mirroring; None = on for an ensemble, off for a single run.
-        temperature: calibration temperature; None = the cross-validation folder's calibration.json, else 1.
+        temperature: temperature scaling instead of the cross-validation folder's calibration.json map.
+        precision: dtype policy of the members ("float32" as saved, "bfloat16", "mixed_float16").
     """
 
     model_dir: str
@@ -91,6 +92,7 @@ class ExportConfig:
     verify: bool = True
     mirror: bool | None = None
     temperature: float | None = None
+    precision: str = "float32"
 
     def validate(self) -> "ExportConfig":
         if self.temperature is not None and not 0.0 < self.temperature < float("inf"):
@@ -381,7 +383,7 @@ def export_run(config: ExportConfig) -> ExportResult:
 
     paths = [path for path in config.model_dir.split(",") if path]
     segmenter = ensemble.load_ensemble(paths, config.source, config.threshold, mirror=config.mirror,
-                                       temperature=config.temperature)
+                                       temperature=config.temperature, precision=config.precision)
     images = warmup.warmup_images(segmenter.channels, config.warmup_depths, config.warmup_size)
     metadata = metadata_lib.build_metadata(
         segmenter.trained, segmenter.member_paths[0], config.source, config.threshold, config.model_name, version,
@@ -390,6 +392,7 @@ def export_run(config: ExportConfig) -> ExportResult:
     metadata["ensemble"] = metadata_lib.ensemble_summary(segmenter)
     metadata["mirror"] = bool(segmenter.mirror)
     metadata["calibration"] = segmenter.calibration.to_dict()
+    metadata["precision"] = segmenter.precision
     if len(segmenter.member_paths) > 1 or paths != segmenter.member_paths:
         metadata["run_dir"] = ",".join(os.path.abspath(path) for path in paths)
     version_dir, difference = export_segmenter(segmenter, model_base, version, metadata, images,
