@@ -1,13 +1,14 @@
 """Run state, "latest" checkpoints for resuming, the best-by-validation-Dice export and config.json.
 
 Resuming: `tf.train.Checkpoint` holds the model, the optimizer (moments, iteration count, loss scale), the
-state of the model's random-seed generators (dropout draws a new mask every step from a `keras.random.
-SeedGenerator` whose counter lives outside the weights: without it a resumed run drops other units than the
-uninterrupted one), the weights of the best validation so far and the run state below; `tf.train.CheckpointManager` keeps the newest few under MODEL_DIR/checkpoints. A TF checkpoint
-becomes visible only when the manager rewrites the small `checkpoint` index file, which it does atomically
-(temp file + rename) after the data and index files are complete, so a process killed mid-save leaves the
-previous checkpoint as the latest one. A checkpoint damaged later (a truncated or altered file) is found by
-reading every tensor before restoring (`restore_newest_intact`); the next older intact one is used instead.
+model's random state (dropout draws a new mask every step from a `keras.random.SeedGenerator` whose counter
+is not a weight: without it a resumed run drops other units than the uninterrupted one), the weights of the
+best validation so far (`best_export`) and the run state below; `tf.train.CheckpointManager` keeps the newest
+few under MODEL_DIR/checkpoints. A TF checkpoint becomes visible only when the manager rewrites the small
+`checkpoint` index file, which it does atomically (temp file + rename) after the data and index files are
+complete, so a process killed mid-save leaves the previous checkpoint as the latest one. A checkpoint damaged
+later (a truncated or altered file) is found by reading every tensor before restoring
+(`restore_newest_intact`); the next older intact one is used instead.
 
 Best model: MODEL_DIR/best.keras (`model.save`, the Keras v3 format) and MODEL_DIR/best.json (epoch, metrics),
 each written to a temporary name in the same folder and moved into place with `os.replace`.
@@ -193,8 +194,15 @@ def settle_index(model_dir: str, resumed_from: str, max_to_keep: int) -> None:
     except Exception:  # noqa: BLE001 - an unreadable index is rewritten below
         state = None
     if newer or state is None or os.path.basename(state.model_checkpoint_path) != os.path.basename(resumed_from):
-        kept = [path for path in candidates if _step_of(path) <= _step_of(resumed_from)][:max_to_keep]
-        tf.train.update_checkpoint_state(directory, resumed_from, all_model_checkpoint_paths=list(reversed(kept)))
+        kept = list(reversed([path for path in candidates if _step_of(path) <= _step_of(resumed_from)][:max_to_keep]))
+        # The index's text format, names relative to it; timestamps after last_preserved_timestamp, so that the
+        # manager keeps managing (and in time deleting) these checkpoints.
+        times = [os.path.getmtime(path + ".index") for path in kept]
+        lines = [f'model_checkpoint_path: "{os.path.basename(resumed_from)}"']
+        lines += [f'all_model_checkpoint_paths: "{os.path.basename(path)}"' for path in kept]
+        lines += [f"all_model_checkpoint_timestamps: {time!r}" for time in times]
+        lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
+        atomic.atomic_write_text(os.path.join(directory, "checkpoint"), "\n".join(lines) + "\n")
 
 
 def restore_newest_intact(checkpoint: tf.train.Checkpoint, model_dir: str, warn=logging.warning) -> str | None:
