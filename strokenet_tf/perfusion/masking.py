@@ -3,9 +3,10 @@
 The rules follow common CTP practice (e.g. Konstas et al. 2009, AJNR 30:662-668 and 885-892): the baseline is
 the mean of the frames before the bolus reaches the brain; the brain is soft tissue inside the skull on the
 baseline image. Chosen here:
-  - bolus arrival: first frame where the mean curve of the rough brain exceeds `ARRIVAL_FRACTION` of its
-    peak enhancement; baseline = frames [0, arrival - 1), at least `constants.MIN_BASELINE_FRAMES`, at most
-    half the series.
+  - bolus arrival: a curve arrives at the first frame exceeding `ARRIVAL_FRACTION` of its peak enhancement;
+    the series' arrival is the 10th percentile over the most enhancing `VESSEL_FRACTION` of the rough brain
+    (large vessels: the arteries come first); baseline = frames [0, arrival - 1), at least
+    `constants.MIN_BASELINE_FRAMES`, at most half the series.
   - brain mask: baseline smoothed 3x3 in-plane within [`CSF_MAX_HU`, `BONE_MIN_HU`] (excludes CSF, bone and
     air) and inside the skull: bone (> `BONE_MIN_HU`) seen in at least 3 of the 4 in-plane directions
     (slices without bone count as inside).
@@ -21,6 +22,8 @@ from strokenet_tf.perfusion import constants
 CSF_MAX_HU = 15.0
 BONE_MIN_HU = 100.0
 ARRIVAL_FRACTION = 0.1
+# Share of the rough brain whose mean curve dates the arterial arrival (the most enhancing voxels).
+VESSEL_FRACTION = 0.01
 
 
 def smooth_in_plane(image: tf.Tensor) -> tf.Tensor:
@@ -61,30 +64,45 @@ def tissue_mask(image_hu: tf.Tensor) -> tf.Tensor:
     return tf.logical_and(soft, inside_skull(image_hu > BONE_MIN_HU))
 
 
-def masked_mean_curve(series_hu: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean time curve [time] of the voxels of `mask` (zeros when the mask is empty)."""
-    curves = tf.boolean_mask(series_hu, mask)
-    count = tf.cast(tf.shape(curves)[0], tf.float32)
-    return tf.reduce_sum(curves, axis=0) / tf.maximum(count, 1.0)
+def bolus_arrival(curves: tf.Tensor) -> tf.Tensor:
+    """Arrival frame of curves [voxels, time] (int32 [voxels]): the first frame whose enhancement above the
+    mean of the first MIN_BASELINE_FRAMES frames exceeds ARRIVAL_FRACTION of the peak enhancement."""
+    first = tf.reduce_mean(curves[:, : constants.MIN_BASELINE_FRAMES], axis=1, keepdims=True)
+    enhancement = curves - first
+    above = enhancement > ARRIVAL_FRACTION * tf.reduce_max(enhancement, axis=1, keepdims=True)
+    return tf.cast(tf.argmax(tf.cast(above, tf.int32), axis=1), tf.int32)
 
 
 def baseline_frames(mean_curve: tf.Tensor) -> tf.Tensor:
-    """Number of pre-bolus frames from the whole-brain mean curve [time] (int32 scalar).
-
-    Arrival is the first frame whose enhancement above the mean of the first MIN_BASELINE_FRAMES frames
-    exceeds ARRIVAL_FRACTION of the peak enhancement; the baseline ends one frame before it.
+    """Number of pre-bolus frames (int32 scalar) for a curve [time] arriving at `bolus_arrival`: the
+    baseline ends one frame before the arrival, keeps at least MIN_BASELINE_FRAMES and at most half the series.
     """
-    frames = tf.shape(mean_curve)[0]
-    first = tf.reduce_mean(mean_curve[: constants.MIN_BASELINE_FRAMES])
-    enhancement = mean_curve - first
-    above = enhancement > ARRIVAL_FRACTION * tf.reduce_max(enhancement)
-    arrival = tf.cast(tf.argmax(tf.cast(above, tf.int32)), tf.int32)
+    return _baseline_count(bolus_arrival(mean_curve[None])[0], tf.shape(mean_curve)[0])
+
+
+def _baseline_count(arrival: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
     most = tf.maximum(frames // 2, constants.MIN_BASELINE_FRAMES)
     return tf.clip_by_value(arrival - 1, constants.MIN_BASELINE_FRAMES, most)
 
 
+def arterial_arrival(series_hu: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Arrival frame of the earliest large vessels (int32 scalar): among the most enhancing voxels of `mask`
+    (VESSEL_FRACTION of them, at least 20), the 10th percentile of their arrival frames. Arteries enhance
+    first; veins, as bright but later, must not date the baseline."""
+    curves = tf.boolean_mask(series_hu, mask)
+    enhancement = tf.reduce_max(curves, axis=1) - tf.reduce_mean(curves[:, : constants.MIN_BASELINE_FRAMES], axis=1)
+    count = tf.shape(curves)[0]
+    k = tf.minimum(tf.maximum(tf.cast(tf.cast(count, tf.float32) * VESSEL_FRACTION, tf.int32), 20), count)
+    _, top = tf.math.top_k(enhancement, k=k)
+    arrivals = tf.sort(bolus_arrival(tf.gather(curves, top)))
+    return tf.gather(tf.concat([arrivals, [0]], axis=0), k // 10)
+
+
 def baseline_and_mask(series_hu: tf.Tensor, brain_mask: tf.Tensor | None = None):
     """Baseline image, number of baseline frames and brain mask of a series [depth, height, width, time].
+
+    The baseline ends before the arterial arrival (`arterial_arrival`): a baseline that ran into the arterial
+    upslope would be subtracted from every frame and cut the AIF's area (hence raise CBV and CBF).
 
     Args:
         series_hu: float32 [depth, height, width, time] in HU.
@@ -95,8 +113,8 @@ def baseline_and_mask(series_hu: tf.Tensor, brain_mask: tf.Tensor | None = None)
          brain_mask bool [depth, height, width]).
     """
     first = tf.reduce_mean(series_hu[..., : constants.MIN_BASELINE_FRAMES], axis=-1)
-    rough = tissue_mask(first) if brain_mask is None else brain_mask
-    count = baseline_frames(masked_mean_curve(series_hu, rough))
+    rough = tissue_mask(first) if brain_mask is None else tf.cast(brain_mask, tf.bool)
+    count = _baseline_count(arterial_arrival(series_hu, rough), tf.shape(series_hu)[3])
     baseline = tf.reduce_mean(series_hu[..., :count], axis=-1)
     mask = tissue_mask(baseline) if brain_mask is None else tf.cast(brain_mask, tf.bool)
     return baseline, count, mask
