@@ -56,6 +56,30 @@ class ThresholdRule:
         return f"{self.channel} {sign} {self.threshold:.3f} (normalised)"
 
 
+RAPID_RELATIVE_CBF = 0.30
+RAPID_TMAX_S = 6.0
+NORMAL_TMAX_S = 4.0
+
+
+def rapid_core(cbf: np.ndarray, tmax_s: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The RAPID-like core rule: relative CBF < 30 % of normal tissue, inside Tmax > 6 s.
+
+    Normal tissue is the brain with Tmax < 4 s; its median CBF is the reference, so the rule works in any
+    vendor scale (ISLES CBF is uint16 in arbitrary units). Tmax must be in seconds.
+
+    Args:
+        cbf, tmax_s: [depth, height, width] maps as stored; brain: bool mask of the same shape.
+
+    Returns:
+        uint8 mask, 0 everywhere when no normal tissue is found.
+    """
+    normal = brain & (tmax_s < NORMAL_TMAX_S) & (cbf > 0)
+    if not np.any(normal):
+        return np.zeros(cbf.shape, np.uint8)
+    reference = float(np.median(cbf[normal]))
+    return (brain & (cbf < RAPID_RELATIVE_CBF * reference) & (tmax_s > RAPID_TMAX_S)).astype(np.uint8)
+
+
 def _dice_curves(cases: Sequence, brains: Sequence[np.ndarray], index: int,
                  thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean Dice over cases of "below t" and "above t" for every t, from sorted values (no mask per threshold).

@@ -1,10 +1,13 @@
 """Stroke pathology for synthetic slabs, drawn in template (MNI) space at 2 mm and sampled in the case's pose.
 
 A case holds one or more acute lesions in a vascular territory (MCA most often, then PCA, ACA, deep lacunes,
-embolic showers of small lesions), on either side. Each is a severity field s in [0, 1]: 0 is normal
-tissue, s ~ 0.3 the edge of the Tmax > 6 s penumbra, s > `CORE_SEVERITY` the ischaemic core on the CT
-perfusion. The label is what a DWI drawn 30-60 min later shows: the core grown into the penumbra by a random
-amount (so more where Tmax is longer), or, after early reperfusion, smaller than the CT core; it is sampled
+embolic showers of small lesions), on either side. Each has two fields in [0, 1]: `hypo`, the hypoperfused
+region (delay and dispersion of the bolus, mild CBF fall: Tmax > 6 s near 0.45), and `core`, a focus inside
+its worst part where CBF and CBV collapse (core > `CORE_SEVERITY` is the ischaemic core at CT time). Keeping
+them apart is what makes the real task hard: Tmax outlines the hypoperfused region, not the lesion. Per
+patient, collaterals scale the delay and the depth of the CBF fall.
+The label is what a DWI drawn 30-60 min later shows: the core grown into the hypoperfused tissue by a random
+amount (more where Tmax is longer), or, after early reperfusion, smaller than the CT core; it is sampled
 in a pose shifted by 1-3 mm (DWI-to-CT misregistration). Unlabelled look-alikes: old infarcts (hypodense,
 low CBF and CBV, normal Tmax), periventricular leukoaraiosis (mildly low CBF, slightly late), contralateral
 oligaemia (late, near-normal CBF); CSF and vessels come from the anatomy.
@@ -25,14 +28,20 @@ from strokenet_tf.data import anatomy
 
 STEP = 2  # template voxels per pathology voxel (2 mm)
 CORE_SEVERITY = 0.65
-PENUMBRA_SEVERITY = 0.3  # Tmax ~ 6 s
-CHANNELS = ("severity", "old", "leuko", "contra", "artery", "vein")
-LESION_TYPES = ("mca", "mca", "mca", "mca", "mca", "pca", "pca", "aca", "lacune", "lacune", "shower")
-# Severity -> physiology, piecewise linear (relative to normal tissue; delay in s).
-_S = np.array([0.0, 0.15, 0.3, 0.5, 0.65, 0.8, 1.0], np.float32)
-_CBF = np.array([1.0, 0.95, 0.82, 0.6, 0.34, 0.2, 0.08], np.float32)
-_CBV = np.array([1.0, 1.05, 1.1, 1.08, 0.8, 0.55, 0.3], np.float32)
-_DELAY = np.array([0.4, 2.5, 6.0, 8.0, 10.0, 12.5, 16.0], np.float32)
+PENUMBRA_SEVERITY = 0.3  # the lesion profile's outer level (see `_lesion`)
+CHANNELS = ("core", "hypo", "old", "leuko", "contra", "artery", "vein")
+LESION_TYPES = ("mca", "mca", "mca", "mca", "mca", "pca", "pca", "aca", "lacune", "lacune", "shower")  # frequencies
+LESION_TYPE_NAMES = ("mca", "aca", "pca", "lacune", "shower")
+# Core severity -> physiology, piecewise linear (relative to normal tissue; extra delay in s).
+_S = np.array([0.0, 0.3, 0.5, 0.65, 0.8, 1.0], np.float32)
+_CBF = np.array([1.0, 0.8, 0.6, 0.33, 0.2, 0.08], np.float32)
+_CBV = np.array([1.0, 1.0, 0.95, 0.75, 0.5, 0.3], np.float32)
+_CORE_DELAY = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0], np.float32)
+# Hypoperfusion (oligaemia and penumbra) -> physiology; Tmax 6 s near hypo 0.45 (before collateral scaling).
+_H = np.array([0.0, 0.2, 0.45, 0.7, 1.0], np.float32)
+_H_DELAY = np.array([0.4, 3.0, 6.0, 9.0, 12.0], np.float32)
+_H_CBF = np.array([1.0, 0.97, 0.88, 0.78, 0.7], np.float32)
+_H_CBV = np.array([1.0, 1.05, 1.12, 1.12, 1.05], np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,8 +105,10 @@ def _lesion(rng, atlas, weight, core_radius_mm, penumbra_ratio, roughness) -> np
     return np.exp(-((distance / scale) ** p)).astype(np.float32)
 
 
-def make_pathology(rng: np.random.Generator) -> dict:
+def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None = None) -> dict:
     """Draws the case's lesions and look-alikes on the 2 mm template grid.
+
+    `lesion_types` restricts the main lesion to those types (keeping their relative frequencies).
 
     Returns dict with "stack" [x, y, z, len(CHANNELS)], "label" [x, y, z, 1] (the later DWI lesion, soft),
     "affine" (2 mm grid -> MNI mm) and "params" (lesion type, side, growth, reperfusion).
@@ -106,55 +117,70 @@ def make_pathology(rng: np.random.Generator) -> dict:
     shape = atlas["shape"]
     side = 1.0 if rng.random() < 0.5 else -1.0
     hemisphere = (atlas["x"] * side > 3).astype(np.float32)
-    kind = str(rng.choice(LESION_TYPES))
+    choices = [t for t in LESION_TYPES if not lesion_types or t in lesion_types]
+    kind = str(rng.choice(choices))
     tissue = np.clip(atlas["tissue"], 0, 1)
-    severity = np.zeros(shape, np.float32)
+    hypo = np.zeros(shape, np.float32)
+    core = np.zeros(shape, np.float32)
+
+    def add(weight, core_mm, hypo_ratio, core_ratio, roughness, clip=None):
+        """A hypoperfused region around the territory seed, and a core somewhere inside its worst part."""
+        nonlocal hypo, core
+        region = _lesion(rng, atlas, weight, core_mm * hypo_ratio, 1.8, roughness)
+        inside = (region > 0.6) * tissue
+        seed_weight = inside if inside.sum() > 0 else weight
+        focus = _lesion(rng, atlas, seed_weight, core_mm, core_ratio, roughness + 0.1)
+        if clip is not None:
+            region, focus = region * clip, focus * clip
+        hypo, core = np.maximum(hypo, region), np.maximum(core, focus)
+
     if kind in ("mca", "aca", "pca"):
         territory = atlas["territories"][kind] * hemisphere
-        core_mm = float(np.exp(rng.normal(np.log(14.0), 0.5)))
-        severity = _lesion(rng, atlas, territory * tissue, core_mm, rng.uniform(1.5, 3.0), 0.3) * (territory > 0.2)
-        severity *= np.clip(territory * 1.5, 0, 1)
+        clip = np.clip(territory * 1.5, 0, 1) * (territory > 0.2)
+        add(territory * tissue, float(np.exp(rng.normal(np.log(21.0), 0.45))), rng.uniform(1.3, 2.4),
+            rng.uniform(1.3, 2.0), 0.3, clip)
     elif kind == "lacune":
-        severity = _lesion(rng, atlas, atlas["deep"] * hemisphere, rng.uniform(3.0, 8.0), rng.uniform(1.2, 1.8), 0.2)
+        add(atlas["deep"] * hemisphere, rng.uniform(4.0, 10.0), rng.uniform(1.0, 1.6), rng.uniform(1.2, 1.6), 0.2)
     else:  # embolic shower: 2-5 small lesions in one hemisphere's MCA territory
         territory = atlas["territories"]["mca"] * hemisphere
+        clip = np.clip(territory * 1.5, 0, 1)
         for _ in range(int(rng.integers(2, 6))):
-            severity = np.maximum(severity, _lesion(rng, atlas, territory * atlas["gm"], rng.uniform(3.0, 9.0),
-                                                    rng.uniform(1.3, 2.2), 0.25))
-        severity *= np.clip(territory * 1.5, 0, 1)
+            add(territory * atlas["gm"], rng.uniform(5.0, 13.0), rng.uniform(1.2, 2.0), rng.uniform(1.3, 2.0), 0.25, clip)
     if rng.random() < 0.12:  # a second, independent lesion elsewhere
         other = atlas["territories"][str(rng.choice(["mca", "pca", "aca"]))] * (1 - hemisphere if rng.random() < 0.5 else hemisphere)
-        severity = np.maximum(severity, _lesion(rng, atlas, other * tissue, rng.uniform(4, 12), rng.uniform(1.3, 2.5), 0.3)
-                              * (other > 0.2))
-    severity *= np.clip(tissue * 2.0, 0, 1)
-    severity = np.clip(severity * (1.0 + 0.08 * _field(rng, shape, 1.5)), 0, 1)
+        add(other * tissue, rng.uniform(4, 12), rng.uniform(1.2, 2.2), rng.uniform(1.3, 2.0), 0.3, other > 0.2)
+    texture = 1.0 + 0.08 * _field(rng, shape, 1.5)
+    hypo = np.clip(hypo * np.clip(tissue * 2.0, 0, 1) * texture, 0, 1)
+    core = np.clip(core * np.clip(tissue * 2.0, 0, 1) * texture, 0, 1)
 
-    # The DWI label: growth into the penumbra (threshold lowered; more where severity, i.e. Tmax, is higher),
-    # or early reperfusion (threshold raised).
+    # The DWI label: the core grown into the hypoperfused tissue (more where Tmax is longer), or after early
+    # reperfusion smaller than the CT core.
     reperfused = rng.random() < 0.2
     if reperfused:
-        shift = -rng.uniform(0.04, 0.2)
+        growth = -rng.uniform(0.04, 0.2) * np.ones(shape, np.float32)
     else:
-        shift = rng.uniform(0.0, 0.33) * (1.0 + 0.4 * _field(rng, shape, 4.0))
-    label = (severity + shift * (severity > 0.12)) - CORE_SEVERITY
+        growth = rng.uniform(0.0, 0.35) * hypo * (1.0 + 0.5 * _field(rng, shape, 4.0))
+    label = (core + growth) - CORE_SEVERITY
     label = 1.0 / (1.0 + np.exp(-label / 0.03)) * (tissue > 0.35)
-
     old = np.zeros(shape, np.float32)
     for _ in range(int(rng.random() < 0.35) + int(rng.random() < 0.1)):
         hemi = (atlas["x"] * (side if rng.random() < 0.5 else -side) > 3).astype(np.float32)
         terr = atlas["territories"][str(rng.choice(["mca", "pca", "aca"]))] * hemi
         old = np.maximum(old, (_lesion(rng, atlas, terr * tissue, rng.uniform(4, 14), 1.3, 0.35) > 0.5).astype(np.float32))
-    old = ndimage.gaussian_filter(old, 0.7) * (severity < 0.2)
+    old = ndimage.gaussian_filter(old, 0.7) * (hypo < 0.2)
     leuko = atlas["near_ventricle"] * float(rng.uniform(0.4, 1.0)) * (rng.random() < 0.4)
     leuko = np.clip(leuko * (1 + 0.5 * _field(rng, shape, 3.0)), 0, 1)
     contra = np.zeros(shape, np.float32)
     if rng.random() < 0.15:
         contra_territory = atlas["territories"]["mca"] * (1 - hemisphere)
-        contra = 0.28 * _lesion(rng, atlas, contra_territory * tissue, rng.uniform(15, 30), 1.5, 0.3) / CORE_SEVERITY
+        contra = 0.45 * _lesion(rng, atlas, contra_territory * tissue, rng.uniform(15, 30), 1.5, 0.3)
     artery = _arteries(atlas, side, rng)
-    stack = np.stack([severity, old, leuko, contra, artery, atlas["vein"]], axis=-1).astype(np.float32)
-    params = {"lesion_type": kind, "side": "left" if side < 0 else "right", "reperfused": bool(reperfused),
-              "growth": round(float(np.mean(shift)), 3), "old_infarct": bool(old.max() > 0.5),
+    stack = np.stack([core, hypo, old, leuko, contra, artery, atlas["vein"]], axis=-1).astype(np.float32)
+    # Collaterals: how long the bolus is delayed in the hypoperfused tissue, and how deep the core's CBF falls;
+    # both vary between patients, so no single Tmax or CBF cut-off fits every case.
+    params = {"collateral_delay": round(float(rng.uniform(0.6, 1.8)), 3),
+              "cbf_power": round(float(rng.uniform(0.7, 1.4)), 3), "lesion_type": kind, "side": "left" if side < 0 else "right", "reperfused": bool(reperfused),
+              "growth": round(float(growth.max()), 3), "old_infarct": bool(old.max() > 0.5),
               "leukoaraiosis": bool(leuko.max() > 0.1), "contralateral_oligaemia": bool(contra.max() > 0.05)}
     return {"stack": stack, "label": label[..., None].astype(np.float32), "affine": atlas["affine"], "params": params}
 
@@ -186,11 +212,18 @@ def _arteries(atlas: dict, side: float, rng: np.random.Generator) -> np.ndarray:
     return np.clip(2.0 - distance, 0, 1).astype(np.float32) * 0.9
 
 
-def physiology(severity, contra, leuko, old):
-    """Relative CBF, relative CBV, delay (s) and dispersion (s) from the pathology channels (slab arrays)."""
-    cbf_rel = np.interp(severity, _S, _CBF) * (1 - 0.1 * contra) * (1 - 0.3 * leuko) * (1 - 0.8 * old)
-    cbv_rel = np.interp(severity, _S, _CBV) * (1 - 0.15 * leuko) * (1 - 0.75 * old)
-    delay = np.interp(severity, _S, _DELAY) + np.interp(contra, _S, _DELAY) - _DELAY[0] + 1.0 * leuko
-    dispersion = 0.6 + 2.5 * np.maximum(severity, contra)
+def physiology(fields: dict, collateral_delay: float = 1.0, cbf_power: float = 1.0):
+    """Relative CBF, relative CBV, delay (s) and dispersion (s) from the pathology channels (slab arrays).
+
+    collateral_delay scales the delay of the hypoperfused tissue; cbf_power deepens (> 1) or softens the core's
+    CBF fall.
+    """
+    core, hypo, contra, leuko, old = (fields[k] for k in ("core", "hypo", "contra", "leuko", "old"))
+    cbf_rel = (np.interp(core, _S, _CBF) ** cbf_power * np.interp(hypo, _H, _H_CBF) * (1 - 0.1 * contra)
+               * (1 - 0.3 * leuko) * (1 - 0.8 * old))
+    cbv_rel = np.interp(core, _S, _CBV) * np.interp(hypo, _H, _H_CBV) * (1 - 0.15 * leuko) * (1 - 0.75 * old)
+    delay = (_H_DELAY[0] + (np.interp(np.maximum(hypo, contra), _H, _H_DELAY) - _H_DELAY[0]) * collateral_delay
+             + np.interp(core, _S, _CORE_DELAY) + 1.0 * leuko)
+    dispersion = 0.6 + 2.5 * np.maximum(hypo, contra)
     return (cbf_rel.astype(np.float32), cbv_rel.astype(np.float32), delay.astype(np.float32),
             dispersion.astype(np.float32))

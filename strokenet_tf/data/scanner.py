@@ -28,18 +28,19 @@ from strokenet_tf.perfusion import constants, tracer
 @dataclasses.dataclass(frozen=True)
 class Centre:
     name: str
-    frame_noise_hu: tuple[float, float]  # per-frame noise std range (HU), after the scanner's own filtering
+    frame_noise_hu: tuple[float, float]  # per-frame noise std range (HU) of the raw series
     grain_px: float  # in-plane correlation of that noise (Gaussian sigma, voxels)
+    series_smoothing_mm: float  # in-plane Gaussian sigma of the vendor's filter before deconvolution
     map_smoothing_mm: float  # Gaussian sigma the vendor software applies to the maps
     vendor_scale: tuple[float, float]  # CBF and CBV factors of the uint16 archive values
     frames: tuple[int, int]  # inclusive range of the number of frames
 
 
 CENTRES: tuple[Centre, ...] = (
-    Centre("centre_1", (5.0, 8.0), 0.7, 1.0, (45.0, 80.0), (45, 49)),
-    Centre("centre_2", (8.0, 12.0), 0.5, 2.0, (60.0, 100.0), (43, 46)),
-    Centre("centre_3", (11.0, 15.0), 0.9, 1.5, (40.0, 70.0), (44, 48)),
-    Centre("centre_4", (6.0, 10.0), 1.1, 0.0, (55.0, 110.0), (43, 49)),
+    Centre("centre_1", (3.0, 5.0), 0.7, 2.0, 1.0, (45.0, 80.0), (45, 49)),
+    Centre("centre_2", (5.0, 8.0), 0.5, 2.5, 1.5, (60.0, 100.0), (43, 46)),
+    Centre("centre_3", (7.0, 10.0), 0.9, 3.0, 1.0, (40.0, 70.0), (44, 48)),
+    Centre("centre_4", (4.0, 6.0), 1.1, 1.5, 0.0, (55.0, 110.0), (43, 49)),
 )
 CENTRE_NAMES = tuple(c.name for c in CENTRES)
 
@@ -90,13 +91,14 @@ def _grainy_noise(rng: np.random.Generator, shape, std: float, grain_px: float) 
     return noise
 
 
-def acquire(rng: np.random.Generator, head: dict, fields: dict, centre: Centre) -> dict:
+def acquire(rng: np.random.Generator, head: dict, fields: dict, centre: Centre, patient: dict | None = None) -> dict:
     """Truth maps, the 4D series and the non-contrast CT of a slab.
 
     Args:
         head: `anatomy.make_head` output ([depth, height, width] fractions).
         fields: the pathology channels sampled on the slab (`pathology.CHANNELS` names -> arrays).
         centre: the acquiring centre.
+        patient: `pathology.make_pathology` params (collateral_delay, cbf_power); defaults when None.
 
     Returns:
         dict with "series" float32 [depth, height, width, time] HU, "ct" float32 HU, "truth" (cbf, cbv, mtt,
@@ -118,7 +120,9 @@ def acquire(rng: np.random.Generator, head: dict, fields: dict, centre: Centre) 
     cbf_gm, cbf_wm = rng.uniform(45, 65), rng.uniform(18, 26)
     cbv_gm, cbv_wm = rng.uniform(3.6, 4.6), rng.uniform(1.7, 2.3)
     variation = 1.0 + 0.08 * _smooth(rng, shape)
-    cbf_rel, cbv_rel, delay, dispersion = pathology.physiology(fields["severity"], fields["contra"], fields["leuko"], old)
+    patient = patient or {}
+    cbf_rel, cbv_rel, delay, dispersion = pathology.physiology(
+        fields, patient.get("collateral_delay", 1.0), patient.get("cbf_power", 1.0))
     cbf = (gm * cbf_gm + wm * cbf_wm) * (1 - 0.6 * old) * variation * cbf_rel
     cbv = (gm * cbv_gm + wm * cbv_wm) * (1 - 0.6 * old) * variation * cbv_rel
     perfused = (tissue_frac > 0.05) & (cbf > 0.5)
@@ -166,7 +170,7 @@ def _baseline_hu(rng: np.random.Generator, head: dict, fields: dict) -> np.ndarr
     old, leuko = fields["old"], fields["leuko"]
     tissue_hu = (gm * grey_hu + wm * white_hu) * (1 - 0.6 * old) + (gm + wm) * 0.6 * old * 8.0
     tissue_hu -= 5.0 * leuko * wm
-    tissue_hu -= 2.0 * (fields["severity"] > pathology.CORE_SEVERITY) * (gm + wm)  # early ischaemic hypodensity
+    tissue_hu -= 2.0 * (fields["core"] > pathology.CORE_SEVERITY) * (gm + wm)  # early ischaemic hypodensity
     air = np.clip(1.0 - gm - wm - csf - bone - scalp, 0, 1)
     vessels = np.clip(fields["artery"] + fields["vein"], 0, 1) * 45.0
     hu = tissue_hu + csf * rng.uniform(4, 10) + bone * rng.uniform(900, 1400) + scalp * 35.0 - 1000.0 * air + vessels

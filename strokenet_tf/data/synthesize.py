@@ -1,20 +1,15 @@
 """Synthetic ISLES 2018-like CT perfusion cases, written in the real ISLES layout.
 
-Each case is a head slab (256 x 256 x Z, Z in {2, 4, 8, 16, 22}; ~0.9 mm in-plane, 4-6 mm slices) with
-skull, CSF, ventricles and smooth grey/white-matter fields, the four perfusion maps (CBF, CBV, MTT,
-Tmax; 0 outside brain tissue, so the ISLES brain mask "summed perfusion > 0" works), a non-contrast CT,
-optionally the 4D perfusion series (CT_4DPWI) and, for TRAINING, the ground truth OT.
+Each case is a slab of a real brain template (256 x 256 x Z, Z in {2, 4, 8, 16, 22}; ~0.8-1 mm in-plane,
+4-6 mm slices) with skull, ventricles, sulci, grey and white matter; a stroke in a vascular territory; the
+raw 4D perfusion series CT_4DPWI (x, y, z, t; 43-49 frames, 1 s apart, HU); the CBF, CBV, MTT and Tmax maps
+deconvolved from that series as a scanner makes them; a non-contrast CT; and, for TRAINING, the ground truth
+OT (the lesion a DWI would show 30-60 min later, misregistered by 1-3 mm). See `simulate` for the steps.
+Cases come from four centres (noise, smoothing, vendor scales: `scanner.CENTRES`); each case folder's
+hidden `.synthetic.json` records its centre, lesion type and geometry, and `--write_truth` adds the true
+maps (before acquisition and deconvolution) under the hidden folder `.truth/`, which the reader ignores.
 
-One hypoperfused territory per case: a benign-oligaemia rim (Tmax 3-6 s), a penumbra (Tmax 6-12 s, CBF
-mildly lowered, CBV normal or raised) and an ischaemic core (CBF and CBV strongly lowered, Tmax high).
-OT is the core perturbed (eroded or dilated, grown into the penumbra, noisy boundary), as the ISLES 2018
-ground truth came from a DWI taken after the CT perfusion. Old infarcts (low CBF and CBV, normal Tmax,
-hypodense CT), smoothing that darkens the brain edge, multiplicative noise and a per-case calibration
-scale on CBF and CBV keep any single-map threshold far from the ground truth, while the maps together
-(CBF and CBV low where Tmax is high) carry the signal.
-
-The anatomy, lesion and maps are drawn in `phantom`; this module names, stores and writes them.
-Case k of a split depends only on (seed, split, k), whatever `num_cases` or `start_index` were.
+Case k of a split depends only on (seed, split, k), whatever `num_cases`, `start_index` or `--workers` were.
 
 Usage:
     python -m strokenet_tf.data.synthesize --output_dir demo_data --num_cases 8 --seed 0 --split TRAINING
@@ -24,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -36,12 +32,13 @@ import numpy as np
 from absl import app, flags, logging
 
 from strokenet_tf import cli
-from strokenet_tf.data import isles, phantom
+from strokenet_tf.data import isles, pathology, scanner, simulate
 
 TOOL = "strokenet_tf.data.synthesize"
 
-DEFAULT_DEPTHS: tuple[int, ...] = (2, 4, 8, 16, 22)
+DEFAULT_DEPTHS: tuple[int, ...] = simulate.DEFAULT_DEPTHS
 STORAGES: tuple[str, ...] = ("physical", "isles")
+TRUTH_FOLDER = ".truth"  # hidden: true maps for checks
 MARKER_FILE = ".synthetic.json"  # hidden: the ISLES reader ignores it; marks folders we may replace.
 _FILE_PREFIX = "SMIR.Brain.XX.O."
 _SPLIT_CODES = {"TRAINING": 0, "TESTING": 1}
@@ -52,55 +49,18 @@ def synthesize_case(
     size: int = 256,
     depths: Sequence[int] = DEFAULT_DEPTHS,
     with_pwi: bool = True,
-    lesion_volume_range_ml: tuple[float, float] = (1.0, 100.0),
+    centres: Sequence[str] | None = None,
+    lesion_types: Sequence[str] | None = None,
 ) -> dict:
-    """One synthetic case in physical units.
+    """One synthetic case (`simulate.simulate_case`), its centre drawn from `centres` (default: all four).
 
-    Args:
-        rng: the case's generator (see `case_rng`); everything is drawn from it.
-        size: in-plane size; the field of view stays ~230 mm, so smaller sizes have coarser voxels.
-        depths: slice counts to choose from.
-        with_pwi: also make the 4D series (the slow part).
-        lesion_volume_range_ml: the ground truth volume is kept inside this range.
-
-    Returns:
-        dict with "maps" (modality name -> array in NIfTI (x, y, z[, t]) order: float32 physical units
-        for CT (HU), CT_CBF, CT_CBV, CT_MTT, CT_Tmax; int16 HU for CT_4DPWI; uint8 for OT), "affine",
-        "zooms_mm" (x, y, z), "codes" (qform, sform), "ids" (modality -> 6-digit string), "vendor_scale"
-        (uint16 factors for CBF and CBV under --storage isles), "core", "territory", "tissue" (bool,
-        NIfTI order), "lesion_volume_ml" and "params" (numbers describing the case).
+    `lesion_types` (names from `pathology.LESION_TYPE_NAMES`) restricts the main lesion's type, so a set can
+    leave a type out for a generalisation check.
     """
-    ids = rng.choice(np.arange(100000, 1000000), size=len(isles.ALL_MODALITIES), replace=False)
-    ids = {m: str(i) for m, i in zip(isles.ALL_MODALITIES, ids)}
-    vendor_scale = {isles.CBF: float(rng.uniform(40, 70)), isles.CBV: float(rng.uniform(70, 110))}
-    grid = phantom.make_grid(rng, size, depths)
-    head = phantom.make_head(rng, grid)
-    lesion, volume_ml = phantom.make_lesion_of_volume(rng, grid, head["tissue"], lesion_volume_range_ml)
-    maps = phantom.make_perfusion(rng, grid, head, lesion)
-    calibration = rng.uniform(0.7, 1.4, 2)  # per-case scale of the deconvolved CBF and CBV
-    to_nifti = isles.network_to_nifti
-    out = {
-        isles.CT: maps["ct"], isles.CBF: maps["cbf"] * np.float32(calibration[0]),
-        isles.CBV: maps["cbv"] * np.float32(calibration[1]),
-        isles.MTT: maps["mtt"], isles.TMAX: maps["tmax"], isles.LABEL: lesion["label"].astype(np.uint8),
-    }
-    out = {m: to_nifti(v) for m, v in out.items()}
-    if with_pwi:
-        out[isles.PWI] = np.transpose(phantom.make_pwi(rng, grid, head, maps), (3, 2, 1, 0))
-    return {
-        "maps": out,
-        "affine": grid["affine"],
-        "zooms_mm": tuple(reversed(grid["spacing"])),
-        "codes": grid["codes"],
-        "ids": ids,
-        "vendor_scale": vendor_scale,
-        "core": to_nifti(lesion["core"] > 0.5),
-        "territory": to_nifti(lesion["territory"] > 0.5),
-        "tissue": to_nifti(head["tissue"]),
-        "lesion_volume_ml": volume_ml,
-        "params": {"radius_mm": lesion["radius_mm"], "side": lesion["side"], "depth": grid["shape"][0],
-                   "spacing_mm": grid["spacing"]},
-    }
+    names = tuple(centres or scanner.CENTRE_NAMES)
+    centre = scanner.CENTRES[scanner.CENTRE_NAMES.index(names[int(rng.integers(len(names)))])]
+    return simulate.simulate_case(rng, size=size, depths=depths, with_pwi=with_pwi, centre=centre,
+                                  lesion_types=lesion_types)
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -121,14 +81,28 @@ def _stored(modality: str, volume: np.ndarray, storage: str, vendor_scale: dict)
     return volume.astype(np.float64)
 
 
+def _nifti(volume: np.ndarray, case: dict) -> nib.Nifti1Image:
+    image = nib.Nifti1Image(volume, case["affine"])
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(case["affine"], code=case["codes"][0])
+    image.set_sform(case["affine"], code=case["codes"][1])
+    if volume.ndim == 4:
+        image.header.set_zooms(tuple(case["zooms_mm"]) + (1.0,))
+    return image
+
+
 def write_case(
     case: dict,
     case_dir: str | os.PathLike,
     storage: str = "physical",
     compress: bool = False,
     with_label: bool = True,
+    with_truth: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Writes a `synthesize_case` result as case_dir/SMIR.Brain.XX.O.<MOD>.<ID>/<same>.nii[.gz].
+
+    With `with_truth`, the true maps go to case_dir/.truth/<name>.nii.gz (float32 physical units, hidden
+    from the reader).
 
     Returns:
         modality name -> written file.
@@ -144,21 +118,48 @@ def write_case(
         name = f"{_FILE_PREFIX}{modality}.{case['ids'][modality]}"
         folder = case_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        image = nib.Nifti1Image(_stored(modality, volume, storage, case["vendor_scale"]), case["affine"])
-        image.header.set_xyzt_units("mm", "sec")
-        image.set_qform(case["affine"], code=case["codes"][0])
-        image.set_sform(case["affine"], code=case["codes"][1])
-        if volume.ndim == 4:
-            image.header.set_zooms(tuple(case["zooms_mm"]) + (1.0,))
         path = folder / (name + extension)
-        nib.save(image, str(path))
+        nib.save(_nifti(_stored(modality, volume, storage, case["vendor_scale"]), case), str(path))
         written[modality] = path
+    if with_truth:
+        truth_dir = case_dir / TRUTH_FOLDER
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        for name, volume in case["truth"].items():
+            nib.save(_nifti(np.asarray(volume, np.float32), case), str(truth_dir / f"{name}.nii.gz"))
     return written
 
 
 def case_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of case `index` in `split`: independent of how many cases are written."""
     return np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
+
+
+def _write_one(job: tuple) -> tuple[pathlib.Path, float, int, float]:
+    """Makes and writes one case into a hidden temporary folder, then renames it into place."""
+    split_dir, index, seed, split, options = job
+    case_dir = split_dir / f"case_{index}"
+    started = time.perf_counter()
+    case = synthesize_case(case_rng(seed, split, index), size=options["size"], depths=options["depths"],
+                           with_pwi=options["with_pwi"], centres=options["centres"],
+                           lesion_types=options["lesion_types"])
+    temporary = split_dir / f".tmp-{uuid.uuid4().hex[:12]}-case_{index}"
+    try:
+        write_case(case, temporary, storage=options["storage"], compress=options["compress"],
+                   with_label=split == "TRAINING", with_truth=options["with_truth"])
+        record = {"seed": seed, "split": split, "index": index, "storage": options["storage"], "size": options["size"],
+                  "lesion_volume_ml": case["lesion_volume_ml"], **case["params"]}
+        (temporary / MARKER_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        if case_dir.exists():
+            trash = split_dir / f".trash-{uuid.uuid4().hex[:12]}-case_{index}"
+            os.replace(case_dir, trash)
+            os.replace(temporary, case_dir)
+            shutil.rmtree(trash)
+        else:
+            os.replace(temporary, case_dir)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    return case_dir, case["lesion_volume_ml"], case["params"]["depth"], time.perf_counter() - started
 
 
 def write_dataset(
@@ -172,11 +173,16 @@ def write_dataset(
     start_index: int = 1,
     with_pwi: bool = True,
     compress: bool = False,
+    centres: Sequence[str] | None = None,
+    lesion_types: Sequence[str] | None = None,
+    with_truth: bool = False,
+    workers: int = 1,
 ) -> list[pathlib.Path]:
     """Writes cases start_index .. start_index + num_cases - 1 to output_dir/split/case_k.
 
     Each case is written to a hidden temporary folder and renamed into place. An existing case folder
     is replaced only when it holds the marker of a synthetic case, so a real dataset is never touched.
+    `workers` > 1 makes cases in that many processes (the result is the same).
 
     Returns:
         The case folders.
@@ -188,35 +194,31 @@ def write_dataset(
         raise ValueError(f"--storage must be one of {', '.join(STORAGES)}; got {storage!r}")
     if size < 16 or not depths or min(depths) < 1:
         raise ValueError(f"--size must be >= 16 and --depths positive; got size={size}, depths={tuple(depths)}")
+    unknown = [c for c in (centres or ()) if c not in scanner.CENTRE_NAMES]
+    if unknown:
+        raise ValueError(f"--centres: unknown centre {unknown[0]!r}; known: {', '.join(scanner.CENTRE_NAMES)}")
+    unknown = [t for t in (lesion_types or ()) if t not in pathology.LESION_TYPE_NAMES]
+    if unknown:
+        raise ValueError(f"--lesion_types: unknown type {unknown[0]!r}; known: {', '.join(pathology.LESION_TYPE_NAMES)}")
     split_dir = pathlib.Path(output_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    case_dirs = []
-    for index in range(start_index, start_index + num_cases):
+    indices = range(start_index, start_index + num_cases)
+    for index in indices:
         case_dir = split_dir / f"case_{index}"
         if case_dir.exists() and not (case_dir / MARKER_FILE).is_file():
             raise ValueError(f"refusing to replace {case_dir}: it exists and was not written by this generator")
-        started = time.perf_counter()
-        case = synthesize_case(case_rng(seed, split, index), size=size, depths=depths, with_pwi=with_pwi)
-        temporary = split_dir / f".tmp-{uuid.uuid4().hex[:12]}-case_{index}"
-        try:
-            write_case(case, temporary, storage=storage, compress=compress, with_label=split == "TRAINING")
-            record = {"seed": seed, "split": split, "index": index, "storage": storage, "size": size,
-                      "lesion_volume_ml": case["lesion_volume_ml"], **case["params"]}
-            (temporary / MARKER_FILE).write_text(json.dumps(record, indent=1) + "\n")
-            if case_dir.exists():
-                trash = split_dir / f".trash-{uuid.uuid4().hex[:12]}-case_{index}"
-                os.replace(case_dir, trash)
-                os.replace(temporary, case_dir)
-                shutil.rmtree(trash)
-            else:
-                os.replace(temporary, case_dir)
-        finally:
-            if temporary.exists():
-                shutil.rmtree(temporary)
-        logging.info("wrote %s (%d slices, lesion %.1f mL) in %.2f s", case_dir, case["params"]["depth"],
-                     case["lesion_volume_ml"], time.perf_counter() - started)
-        case_dirs.append(case_dir)
-    return case_dirs
+    options = {"size": size, "depths": tuple(depths), "with_pwi": with_pwi, "centres": centres,
+               "lesion_types": lesion_types, "storage": storage, "compress": compress, "with_truth": with_truth}
+    jobs = [(split_dir, index, seed, split, options) for index in indices]
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+        with context.Pool(min(workers, len(jobs))) as pool:
+            results = pool.map(_write_one, jobs, chunksize=1)
+    else:
+        results = [_write_one(job) for job in jobs]
+    for case_dir, volume_ml, depth, seconds in results:
+        logging.info("wrote %s (%d slices, lesion %.1f mL) in %.2f s", case_dir, depth, volume_ml, seconds)
+    return [r[0] for r in results]
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -236,6 +238,10 @@ class SynthesisConfig:
     start_index: int = 1
     with_pwi: bool = True
     compress: bool = False
+    centres: tuple[str, ...] | None = None
+    lesion_types: tuple[str, ...] | None = None
+    with_truth: bool = False
+    workers: int = 1
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -252,6 +258,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("start_index", 1, "Index of the first case folder.", flag_values=flag_values)
     flags.DEFINE_boolean("no_pwi", False, "Skip CT_4DPWI (much faster, much smaller).", flag_values=flag_values)
     flags.DEFINE_boolean("compress", False, "Write .nii.gz instead of .nii.", flag_values=flag_values)
+    flags.DEFINE_list("centres", [], f"Centres to draw from (default all: {','.join(scanner.CENTRE_NAMES)}).",
+                      flag_values=flag_values)
+    flags.DEFINE_list("lesion_types", [], "Main lesion types to keep (default all: "
+                      f"{','.join(pathology.LESION_TYPE_NAMES)}).", flag_values=flag_values)
+    flags.DEFINE_boolean("write_truth", False, "Also write the true maps under each case's hidden .truth/ folder.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("workers", 1, "Processes making cases in parallel (the cases are the same).", lower_bound=1,
+                         flag_values=flag_values)
     flags.mark_flag_as_required("output_dir", flag_values=flag_values)
 
 
@@ -264,6 +278,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> SynthesisC
         output_dir=flag_values.output_dir, num_cases=flag_values.num_cases, seed=flag_values.seed,
         split=flag_values.split, storage=flag_values.storage, size=flag_values.size, depths=depths,
         start_index=flag_values.start_index, with_pwi=not flag_values.no_pwi, compress=flag_values.compress,
+        centres=tuple(flag_values.centres) or None, lesion_types=tuple(flag_values.lesion_types) or None,
+        with_truth=flag_values.write_truth, workers=flag_values.workers,
     )
 
 
@@ -271,7 +287,8 @@ def run(config: SynthesisConfig) -> list[pathlib.Path]:
     return write_dataset(
         config.output_dir, config.num_cases, seed=config.seed, split=config.split, storage=config.storage,
         size=config.size, depths=config.depths, start_index=config.start_index, with_pwi=config.with_pwi,
-        compress=config.compress,
+        compress=config.compress, centres=config.centres, lesion_types=config.lesion_types,
+        with_truth=config.with_truth, workers=config.workers,
     )
 
 
