@@ -222,6 +222,9 @@ def test_no_arterial_input_is_reported():
     assert all(np.all(maps[name] == 0) for name in ("cbf", "cbv", "mtt", "tmax"))
     flat = _maps(np.full(SHAPE + (FRAMES,), 35.0, np.float32))
     assert not flat["aif_found"] and flat["aif_voxels"] == 0
+    for empty in (np.full((1, 8, 8, 25), -1000.0, np.float32), np.full((2, 8, 8, 20), 1500.0, np.float32)):
+        maps = _maps(empty)  # no brain at all: nothing found, nothing fails
+        assert not maps["aif_found"] and not maps["brain_mask"].any() and np.all(maps["cbf"] == 0)
 
 
 def test_runs_in_a_tf_function_with_unknown_shapes():

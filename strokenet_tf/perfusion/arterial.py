@@ -101,8 +101,9 @@ def select_input_functions(curves: tf.Tensor, frame_interval_s, tissue_peak_hu, 
     score = peak / (features["fwhm_s"] * (features["arrival_s"] + dt))
     eligible = tf.logical_and(arterial, high)
     # Arteries peak together: the VOF can outscore partial-volume arteries but peaks later.
-    leader = tf.argmax(tf.where(eligible, score, tf.fill(tf.shape(score), -1.0)), output_type=tf.int32)
-    leader_ttp = tf.gather(features["ttp"], leader)
+    # (padded with one entry so that an empty brain has a leader too)
+    padded = tf.concat([tf.where(eligible, score, tf.fill(tf.shape(score), -1.0)), [-1.0]], axis=0)
+    leader_ttp = tf.gather(tf.concat([features["ttp"], [0]], axis=0), tf.argmax(padded, output_type=tf.int32))
     eligible = tf.logical_and(eligible, features["ttp"] <= leader_ttp + 1)
     aif_indices = _best(score, eligible, count)
     aif_raw = _mean_curve(curves, aif_indices)

@@ -37,7 +37,7 @@ def _aif_spectrum(aif: tf.Tensor, dt: tf.Tensor, length: tf.Tensor) -> tf.Tensor
     bins = tf.cast(tf.range(length // 2 + 1), tf.float32)
     omega = 2.0 * math.pi * bins / tf.cast(length, tf.float32)
     volterra = (4.0 + 2.0 * tf.cos(omega)) / 6.0
-    spectrum = tf.signal.rfft(aif, fft_length=length[None])
+    spectrum = tf.signal.rfft(tf.pad(aif, [[0, length - tf.shape(aif)[0]]]))
     return spectrum * tf.cast(volterra * dt, tf.complex64)
 
 
@@ -105,7 +105,8 @@ def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, threshol
     spectrum = _aif_spectrum(tf.convert_to_tensor(aif, tf.float32), dt, length)
     ordered = sorted(thresholds)
     filters = tf.stack(_filters(spectrum, ordered, method))
-    curve_spectrum = tf.signal.rfft(curves, fft_length=length[None])
+    # Zero-padded explicitly (rfft's own padding refuses an empty batch in eager mode).
+    curve_spectrum = tf.signal.rfft(tf.pad(curves, [[0, 0], [0, length - frames]]))
 
     def residues(choice):
         return tf.signal.irfft(curve_spectrum * tf.gather(filters, choice), fft_length=length[None])
