@@ -40,11 +40,12 @@ def test_area_ratio_is_cbv(cbf, mtt_s):
     assert np.trapezoid(curve) / np.trapezoid(aif) == pytest.approx(expected, rel=0.01)
 
 
-@pytest.mark.parametrize("delay_s, dispersion_s", [(0.0, 0.0), (2.5, 0.0), (0.0, 2.0), (3.3, 1.2)])
-def test_matches_direct_convolution(delay_s, dispersion_s):
+@pytest.mark.parametrize("delay_s, dispersion_s, mtt_s", [(0.0, 0.0, 4.0), (2.5, 0.0, 4.0), (0.0, 2.0, 4.0),
+                                                     (3.3, 1.2, 4.0), (4.4, 4.3, 40.0), (0.7, 3.0, 3.0)])
+def test_matches_direct_convolution(delay_s, dispersion_s, mtt_s):
     aif = _aif()
-    curve = tracer.tissue_curves(aif, 1.0, 50.0, 4.0, delay_s, dispersion_s)[0]
-    reference = _brute_force(aif, 50.0, 4.0, delay_s, dispersion_s)
+    curve = tracer.tissue_curves(aif, 1.0, 50.0, mtt_s, delay_s, dispersion_s)[0]
+    reference = _brute_force(aif, 50.0, mtt_s, delay_s, dispersion_s)
     assert np.max(np.abs(curve - reference)) < 0.01 * reference.max()
 
 

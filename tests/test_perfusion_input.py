@@ -135,3 +135,16 @@ def test_from_4d_signature_matches_predict(tmp_path, segmenter):
     assert bool(outputs[signatures.AIF_FOUND_KEY].numpy()[0])
     np.testing.assert_allclose(outputs[inference.PROBABILITIES_KEY].numpy()[0], expected, atol=1e-4)
     np.testing.assert_array_equal(outputs[inference.MASK_KEY].numpy()[0], expected_mask)
+
+
+def test_predict_run_with_ct_and_pwi_files_only(tmp_path, segmenter):
+    from strokenet_tf import predict
+
+    case_dir = _case(tmp_path, "case_7")
+    files = {isles.CT: str(next(case_dir.glob("*.CT.*/*.nii"))),
+             isles.PWI: str(next(case_dir.glob("*CT_4DPWI*/*.nii")))}
+    config = predict.PredictConfig(model=str(tmp_path), output_dir=str(tmp_path / "out"), files=files,
+                                   case_id="case_7", montage=False, progress=False, maps_from_4d=True)
+    reports, failures = predict.run(config, segmenter=segmenter)
+    assert not failures and [r["case_id"] for r in reports] == ["case_7"]
+    assert "deconvolved" in reports[0]["inputs"][isles.CBF]
