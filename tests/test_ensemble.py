@@ -137,3 +137,36 @@ def test_members_with_other_channels_are_refused_naming_the_difference(cv_dir, t
 def test_missing_member_path_is_one_line(tmp_path):
     with pytest.raises(inference.ModelLoadError, match="no such model folder or file"):
         ensemble.load_ensemble([str(tmp_path / "nope")])
+
+
+def test_cpu_bf16_detection_reads_the_flags():
+    assert ensemble.cpu_has_bf16("flags\t\t: fpu avx512f avx512_bf16 sse\n")
+    assert ensemble.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not ensemble.cpu_has_bf16("flags : fpu avx512f avx2\n")
+
+
+def test_precision_auto_keeps_a_single_run_in_float32(cv_dir):
+    assert ensemble.resolve_precision("auto", is_ensemble=False) == "float32"
+    expected = ("mixed_float16" if tf.config.list_physical_devices("GPU")
+                else "bfloat16" if ensemble.cpu_has_bf16() else "float32")
+    assert ensemble.resolve_precision("auto", is_ensemble=True) == expected
+    with pytest.raises(inference.ModelLoadError, match="--precision: expected one of"):
+        ensemble.resolve_precision("int8", is_ensemble=True)
+
+
+def test_bfloat16_members_stay_close_and_return_float32(cv_dir, make_case):
+    case = make_case(2, 32, 32)
+    full = ensemble.load_ensemble([cv_dir], mirror=False, precision="float32")
+    half = ensemble.load_ensemble([cv_dir], mirror=False, precision="bfloat16")
+    assert any("bfloat16" in layer.dtype_policy.name for layer in half.models[0].layers)
+    p_full, p_half = full.predict_case(case)[0], half.predict_case(case)[0]
+    assert p_half.dtype == np.float32 and np.max(np.abs(p_full - p_half)) < 0.05
+
+
+@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU (mixed_float16 path)")
+def test_gpu_mixed_float16_ensemble_matches_float32(cv_dir, make_case):
+    case = make_case(2, 32, 32)
+    full = ensemble.load_ensemble([cv_dir], precision="float32")
+    half = ensemble.load_ensemble([cv_dir], precision="auto")
+    assert half.precision == "mixed_float16"
+    np.testing.assert_allclose(half.predict_case(case)[0], full.predict_case(case)[0], atol=1e-2)

@@ -36,6 +36,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                       "CPU has AVX512_BF16/AMX, mixed_float16 only on a GPU).", **fv)
     flags.DEFINE_integer("timing_depth", 16, "Slices of the timing slab.", **fv)
     flags.DEFINE_integer("timing_repeats", 5, "Timed calls (median) after one warm-up call.", **fv)
+    flags.DEFINE_boolean("timing_only", False, "Only the seconds per slab (no scoring; --data_dir unused).", **fv)
     flags.mark_flags_as_required(["cv_dir", "data_dir"], flag_values=flag_values)
 
 
@@ -113,13 +114,13 @@ def time_variant(segmenter, depth: int, repeats: int) -> dict:
 
 
 def run(cv_dir: str, data_dir: str, variants: Sequence[str], precisions: Sequence[str], depth: int,
-        repeats: int) -> dict:
+        repeats: int, timing_only: bool = False) -> dict:
     from strokenet_tf import calibration, ensemble
     from strokenet_tf.benchmarks import machine
     from strokenet_tf.data import isles
 
     fitted = calibration.read_calibration(cv_dir)
-    case_dirs = isles.find_case_dirs(data_dir, split="TRAINING")
+    case_dirs = [] if timing_only else isles.find_case_dirs(data_dir, split="TRAINING")
     results = {"cv_dir": os.path.abspath(cv_dir), "data_dir": os.path.abspath(data_dir), "n_cases": len(case_dirs),
                "best_fold": ensemble.best_fold(cv_dir), "cpu": machine.cpu_peak().get("model_name"),
                "cpu_bf16": ensemble.cpu_has_bf16(), "environment": machine.environment(), "variants": {}}
@@ -130,10 +131,16 @@ def run(cv_dir: str, data_dir: str, variants: Sequence[str], precisions: Sequenc
             segmenter = _variant(name, cv_dir, precision)
             key = f"{name}/{precision}"
             print(f"--- {key}: {len(segmenter.models)} member(s), mirror {segmenter.mirror}", flush=True)
-            entry = score_variant(segmenter, case_dirs, fitted)
+            entry = {} if timing_only else score_variant(segmenter, case_dirs, fitted)
             entry["seconds_per_slab"] = time_variant(segmenter, depth, repeats)
+            entry["load_average_1min"] = os.getloadavg()[0]
             results["variants"][key] = entry
-            print(format_row(key, entry), flush=True)
+            if timing_only:
+                timing = entry["seconds_per_slab"]
+                print(f"{key}: {timing['median_s']:.3f} s/slab median, {timing['min_s']:.3f} fastest "
+                      f"(load {entry['load_average_1min']:.1f})", flush=True)
+            else:
+                print(format_row(key, entry), flush=True)
     return results
 
 
@@ -155,7 +162,7 @@ def main(argv: Sequence[str]) -> None:
 
     cli.reject_arguments("strokenet_tf.benchmarks.ensemble", argv)
     results = run(FLAGS.cv_dir, FLAGS.data_dir, FLAGS.variants, FLAGS.precisions, FLAGS.timing_depth,
-                  FLAGS.timing_repeats)
+                  FLAGS.timing_repeats, FLAGS.timing_only)
     if FLAGS.output:
         from strokenet_tf import evaluation
 
