@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from strokenet_tf.data import anatomy
 
-STEP = 2  # template voxels per pathology voxel (2 mm)
+FINE_STEP_MM, COARSE_STEP_MM = 2, 4  # pathology grids: 2 mm for real slabs, 4 mm for tiny test slabs
 CORE_SEVERITY = 0.65
 PENUMBRA_SEVERITY = 0.3  # the lesion profile's outer level (see `_lesion`)
 CHANNELS = ("core", "hypo", "old", "leuko", "contra", "artery", "vein")
@@ -44,40 +44,44 @@ _H_CBF = np.array([1.0, 0.97, 0.88, 0.78, 0.7], np.float32)
 _H_CBV = np.array([1.0, 1.05, 1.12, 1.12, 1.05], np.float32)
 
 
-@functools.lru_cache(maxsize=1)
-def coarse_anatomy() -> dict:
-    """Template tissue, territories and vessel masks on the 2 mm grid (cached; a fraction of a second)."""
+@functools.lru_cache(maxsize=2)
+def coarse_anatomy(step: int = FINE_STEP_MM) -> dict:
+    """Template tissue, territories and vessel masks on a `step` mm grid (cached; about a second)."""
     template = anatomy.load_template()
-    stack = template.stack[::STEP, ::STEP, ::STEP]
+    stack = template.stack[::step, ::step, ::step]
     affine = template.affine.copy()
-    affine[:3, :3] *= STEP
-    x, y, z = (a[::1] for a in _grid(template, affine, stack.shape[:3]))
+    affine[:3, :3] *= step
+    x, y, z = _grid(affine, stack.shape[:3])
     gm, wm, csf, outside = (stack[..., c] for c in range(4))
     tissue = gm + wm
-    deep_csf = (csf > 0.5) & (ndimage.distance_transform_edt(outside <= 0) * STEP > 14)
-    near_ventricle = ndimage.gaussian_filter((ndimage.distance_transform_edt(~deep_csf) * STEP < 12).astype(np.float32), 2)
+    deep_csf = (csf > 0.5) & (ndimage.distance_transform_edt(outside <= 0) * step > 14)
+    near_ventricle = ndimage.gaussian_filter((ndimage.distance_transform_edt(~deep_csf) * step < 12).astype(np.float32),
+                                             4.0 / step)
     aca = (np.abs(x) < 20) & (y > -45) & (z > -8)
     pca = (y < -62) | ((z < 4) & (y < -22) & (np.abs(x) < 42))
     mca = ~aca & ~pca & (z > -30) & (z < 75)
-    territories = {name: ndimage.gaussian_filter((mask & (tissue > 0.3)).astype(np.float32), 1.5)
+    territories = {name: ndimage.gaussian_filter((mask & (tissue > 0.3)).astype(np.float32), 3.0 / step)
                    for name, mask in (("aca", aca), ("pca", pca), ("mca", mca))}
     deep = ((np.abs(x) > 12) & (np.abs(x) < 32) & (np.abs(y + 2) < 22) & (z > -6) & (z < 18)) | (
         (np.abs(x) > 14) & (np.abs(x) < 30) & (np.abs(y + 10) < 30) & (z > 20) & (z < 35) & (wm > 0.6))
-    # The superior sagittal sinus just outside the envelope at the midline, and straight/transverse sinuses.
+    # The superior sagittal sinus: just outside the envelope at the midline.
     vein = ((np.abs(x) < 5) & (outside > 0.5) & (outside < 6) & (z > -20)).astype(np.float32)
-    return {"affine": affine, "x": x, "y": y, "z": z, "gm": gm, "wm": wm, "tissue": tissue,
-            "territories": territories, "deep": deep & (tissue > 0.5), "near_ventricle": near_ventricle * wm,
-            "vein": vein, "shape": stack.shape[:3]}
+    atlas = {"affine": affine, "x": x, "y": y, "z": z, "gm": gm, "wm": wm, "tissue": tissue, "step": step,
+             "territories": territories, "deep": deep & (tissue > 0.5), "near_ventricle": near_ventricle * wm,
+             "vein": vein, "shape": stack.shape[:3]}
+    atlas["artery"] = _arteries(atlas)
+    return atlas
 
 
-def _grid(template, affine, shape):
+def _grid(affine, shape):
     axes = [affine[a, a] * np.arange(n) + affine[a, 3] for a, n in enumerate(shape)]
     return (axes[0].reshape(-1, 1, 1).astype(np.float32), axes[1].reshape(1, -1, 1).astype(np.float32),
             axes[2].reshape(1, 1, -1).astype(np.float32))
 
 
-def _field(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:
-    """Smooth unit-std Gaussian random field on the 2 mm grid, drawn coarse and zoomed (cheap for any sigma)."""
+def _field(rng: np.random.Generator, atlas: dict, sigma_mm: float) -> np.ndarray:
+    """Smooth unit-std Gaussian random field on the atlas grid, drawn coarse and zoomed (cheap for any sigma)."""
+    shape, sigma_vox = atlas["shape"], sigma_mm / atlas["step"]
     factor = max(1.0, sigma_vox / 2.0)
     coarse = tuple(max(2, int(np.ceil(n / factor)) + 1) for n in shape)
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma_vox / factor)
@@ -98,22 +102,24 @@ def _lesion(rng, atlas, weight, core_radius_mm, penumbra_ratio, roughness) -> np
     radii = core_radius_mm * rng.uniform(0.7, 1.4, 3)
     distance = np.sqrt(((atlas["x"] - cx) / radii[0]) ** 2 + ((atlas["y"] - cy) / radii[1]) ** 2
                        + ((atlas["z"] - cz) / radii[2]) ** 2)
-    distance = distance * (1.0 + roughness * np.clip(_field(rng, atlas["shape"], 3.0 + core_radius_mm / 6), -2, 2))
+    distance = distance * (1.0 + roughness * np.clip(_field(rng, atlas, 6.0 + core_radius_mm / 3), -2, 2))
     # s(1) = CORE_SEVERITY and s(penumbra_ratio) = PENUMBRA_SEVERITY for s = exp(-(d / L)^p).
     p = np.log(np.log(PENUMBRA_SEVERITY) / np.log(CORE_SEVERITY)) / np.log(penumbra_ratio)
     scale = 1.0 / (-np.log(CORE_SEVERITY)) ** (1.0 / p)
     return np.exp(-((distance / scale) ** p)).astype(np.float32)
 
 
-def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None = None) -> dict:
+def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None = None,
+                   step: int = FINE_STEP_MM) -> dict:
     """Draws the case's lesions and look-alikes on the 2 mm template grid.
 
-    `lesion_types` restricts the main lesion to those types (keeping their relative frequencies).
+    `lesion_types` restricts the main lesion to those types (keeping their relative frequencies); `step` is the
+    grid in mm (`COARSE_STEP_MM` serves slabs whose voxels are that coarse).
 
     Returns dict with "stack" [x, y, z, len(CHANNELS)], "label" [x, y, z, 1] (the later DWI lesion, soft),
     "affine" (2 mm grid -> MNI mm) and "params" (lesion type, side, growth, reperfusion).
     """
-    atlas = coarse_anatomy()
+    atlas = coarse_anatomy(step)
     shape = atlas["shape"]
     side = 1.0 if rng.random() < 0.5 else -1.0
     hemisphere = (atlas["x"] * side > 3).astype(np.float32)
@@ -149,7 +155,7 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
     if rng.random() < 0.12:  # a second, independent lesion elsewhere
         other = atlas["territories"][str(rng.choice(["mca", "pca", "aca"]))] * (1 - hemisphere if rng.random() < 0.5 else hemisphere)
         add(other * tissue, rng.uniform(4, 12), rng.uniform(1.2, 2.2), rng.uniform(1.3, 2.0), 0.3, other > 0.2)
-    texture = 1.0 + 0.08 * _field(rng, shape, 1.5)
+    texture = 1.0 + 0.08 * _field(rng, atlas, 3.0)
     hypo = np.clip(hypo * np.clip(tissue * 2.0, 0, 1) * texture, 0, 1)
     core = np.clip(core * np.clip(tissue * 2.0, 0, 1) * texture, 0, 1)
 
@@ -159,7 +165,7 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
     if reperfused:
         growth = -rng.uniform(0.04, 0.2) * np.ones(shape, np.float32)
     else:
-        growth = rng.uniform(0.0, 0.35) * hypo * (1.0 + 0.5 * _field(rng, shape, 4.0))
+        growth = rng.uniform(0.0, 0.35) * hypo * (1.0 + 0.5 * _field(rng, atlas, 8.0))
     label = (core + growth) - CORE_SEVERITY
     label = 1.0 / (1.0 + np.exp(-label / 0.03)) * (tissue > 0.35)
     old = np.zeros(shape, np.float32)
@@ -167,14 +173,14 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
         hemi = (atlas["x"] * (side if rng.random() < 0.5 else -side) > 3).astype(np.float32)
         terr = atlas["territories"][str(rng.choice(["mca", "pca", "aca"]))] * hemi
         old = np.maximum(old, (_lesion(rng, atlas, terr * tissue, rng.uniform(4, 14), 1.3, 0.35) > 0.5).astype(np.float32))
-    old = ndimage.gaussian_filter(old, 0.7) * (hypo < 0.2)
+    old = ndimage.gaussian_filter(old, 1.4 / atlas["step"]) * (hypo < 0.2)
     leuko = atlas["near_ventricle"] * float(rng.uniform(0.4, 1.0)) * (rng.random() < 0.4)
-    leuko = np.clip(leuko * (1 + 0.5 * _field(rng, shape, 3.0)), 0, 1)
+    leuko = np.clip(leuko * (1 + 0.5 * _field(rng, atlas, 6.0)), 0, 1)
     contra = np.zeros(shape, np.float32)
     if rng.random() < 0.15:
         contra_territory = atlas["territories"]["mca"] * (1 - hemisphere)
         contra = 0.45 * _lesion(rng, atlas, contra_territory * tissue, rng.uniform(15, 30), 1.5, 0.3)
-    artery = _arteries(atlas, side, rng)
+    artery = atlas["artery"]
     stack = np.stack([core, hypo, old, leuko, contra, artery, atlas["vein"]], axis=-1).astype(np.float32)
     # Collaterals: how long the bolus is delayed in the hypoperfused tissue, and how deep the core's CBF falls;
     # both vary between patients, so no single Tmax or CBF cut-off fits every case.
@@ -193,8 +199,8 @@ _ARTERY_PATHS = (  # MNI mm control points, right side (x > 0); mirrored for the
 )
 
 
-def _arteries(atlas: dict, side: float, rng: np.random.Generator) -> np.ndarray:
-    """Partial-volume fraction of large arteries (radius 1.5-2 mm) along fixed MNI paths, both sides."""
+def _arteries(atlas: dict) -> np.ndarray:
+    """Partial-volume fraction of large arteries (radius ~2 mm) along fixed MNI paths, both sides."""
     points = []
     for path in _ARTERY_PATHS:
         for sign in (1.0, -1.0):
@@ -202,13 +208,13 @@ def _arteries(atlas: dict, side: float, rng: np.random.Generator) -> np.ndarray:
             for a, b in zip(path_mm[:-1], path_mm[1:]):
                 for t in np.linspace(0, 1, 8, endpoint=False):
                     points.append(a + t * (b - a))
-    points = np.asarray(points) + rng.normal(0, 1.5, (len(points), 3)).astype(np.float32)
+    points = np.asarray(points, np.float32)
     affine = atlas["affine"]
     index = np.rint((points - affine[:3, 3]) / np.diag(affine)[:3]).astype(int)
     seed = np.zeros(atlas["shape"], bool)
     valid = np.all((index >= 0) & (index < np.asarray(atlas["shape"])), axis=1)
     seed[tuple(index[valid].T)] = True
-    distance = ndimage.distance_transform_edt(~seed) * STEP
+    distance = ndimage.distance_transform_edt(~seed) * atlas["step"]
     return np.clip(2.0 - distance, 0, 1).astype(np.float32) * 0.9
 
 

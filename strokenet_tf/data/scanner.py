@@ -61,7 +61,13 @@ def _kernel_table(aif_key: tuple, frames: int) -> np.ndarray:
 
 
 def _kernels(aif: np.ndarray, mtt: np.ndarray, dispersion: np.ndarray, delay: np.ndarray):
-    """Per-voxel kernels [N, T] and the grid values of MTT and dispersion they were read at."""
+    """Per-voxel kernels [N, T] and the MTT and dispersion they stand for (grid values when read from the table).
+
+    Fewer voxels than table entries (tiny test slabs) are computed directly.
+    """
+    if mtt.size < _MTT_GRID.size * _DISPERSION_GRID.size * (_MAX_DELAY_S / _DELAY_STEP_S + 1):
+        kernels = tracer.tissue_curves(aif, 1.0, np.ones(mtt.size, np.float32), mtt, delay, dispersion)
+        return kernels.astype(np.float32), mtt.astype(np.float32), dispersion.astype(np.float32)
     table = _kernel_table(tuple(np.round(aif, 4).tolist()), aif.size)
     mi = np.clip(np.rint(np.interp(np.log(mtt), np.log(_MTT_GRID), np.arange(_MTT_GRID.size))), 0, _MTT_GRID.size - 1)
     di = np.clip(np.rint(dispersion / _DISPERSION_GRID[1]), 0, _DISPERSION_GRID.size - 1)

@@ -50,22 +50,30 @@ def _sample_fields(pathology_case: dict, head: dict, slab: anatomy.Slab, shift_m
 
 @functools.lru_cache(maxsize=1)
 def _deconvolve_graph():
-    """`perfusion_maps` as one traced graph for any slab and frame count (~1.5x faster than eager)."""
+    """`perfusion_maps` as one traced graph for any slab and frame count (~1.5x faster than eager).
+
+    The vendor filter is applied before (in mm, per centre), so the library's own smoothing is off; the true
+    arterial input, at a typical partial volume, stands in when no artery is found (tiny test slabs), as an
+    operator picks an AIF by hand.
+    """
     import tensorflow as tf
 
     from strokenet_tf.perfusion import deconvolution
 
-    return tf.function(deconvolution.perfusion_maps, reduce_retracing=True,
-                       input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
+    def maps(series, fallback_aif):
+        return deconvolution.perfusion_maps(series, smoothing_sigma_voxels=0.0, fallback_aif_hu=fallback_aif)
+
+    return tf.function(maps, reduce_retracing=True, input_signature=[
+        tf.TensorSpec([None, None, None, None], tf.float32), tf.TensorSpec([None], tf.float32)])
 
 
-def vendor_maps(series: np.ndarray, slab: anatomy.Slab, centre: scanner.Centre) -> dict:
+def vendor_maps(series: np.ndarray, aif: np.ndarray, slab: anatomy.Slab, centre: scanner.Centre) -> dict:
     """CBF, CBV, MTT, Tmax as a scanner makes them: the vendor's in-plane filter on the series, deconvolution
     (`strokenet_tf.perfusion.deconvolution`), the vendor's map smoothing, 0 outside the brain mask."""
     inplane = [centre.series_smoothing_mm / slab.spacing_mm[1], centre.series_smoothing_mm / slab.spacing_mm[2]]
     filtered = ndimage.gaussian_filter1d(series, inplane[0], axis=1, truncate=2.5)
     filtered = ndimage.gaussian_filter1d(filtered, inplane[1], axis=2, truncate=2.5)
-    result = _deconvolve_graph()(filtered)
+    result = _deconvolve_graph()(filtered, (aif * 0.6).astype(np.float32))
     maps = {key: np.asarray(result[key], np.float32) for key in ("cbf", "cbv", "mtt", "tmax")}
     mask = np.asarray(result["brain_mask"], bool)
     if centre.map_smoothing_mm > 0:
@@ -73,7 +81,9 @@ def vendor_maps(series: np.ndarray, slab: anatomy.Slab, centre: scanner.Centre) 
         weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
         maps = {k: ndimage.gaussian_filter(v * mask, sigma) / np.maximum(weight, 1e-3) for k, v in maps.items()}
     limits = {"cbf": 1000.0, "cbv": 100.0, "mtt": 40.0, "tmax": 40.0}
-    return {k: (np.clip(v, 0.0, limits[k]) * mask).astype(np.float32) for k, v in maps.items()}
+    maps = {k: (np.clip(v, 0.0, limits[k]) * mask).astype(np.float32) for k, v in maps.items()}
+    maps["manual_aif"] = bool(result["aif_manual"])
+    return maps
 
 
 def simulate_case(
@@ -98,7 +108,8 @@ def simulate_case(
         dict with "maps" (modality -> array in NIfTI (x, y, z[, t]) order: float32 HU for CT, the four maps
         in physical units, int16 HU for CT_4DPWI, uint8 OT), "truth" (true cbf, cbv, mtt, tmax, delay and
         the CT-time core, NIfTI order), "affine", "zooms_mm", "codes", "ids", "vendor_scale",
-        "lesion_volume_ml" and "params".
+        "lesion_volume_ml", "params", and bool NIfTI-order masks "tissue" (summed maps > 0, the ISLES brain
+        mask), "core" (CT-time core) and "territory" (hypoperfused tissue).
     """
     ids = rng.choice(np.arange(100000, 1000000), size=len(isles.ALL_MODALITIES), replace=False)
     ids = {m: str(i) for m, i in zip(isles.ALL_MODALITIES, ids)}
@@ -107,15 +118,16 @@ def simulate_case(
     slab = anatomy.make_slab(rng, size, (depth,))
     head = anatomy.make_head(rng, slab)
     voxel_ml = float(np.prod(slab.spacing_mm)) / 1000.0
+    step = pathology.FINE_STEP_MM if slab.spacing_mm[1] < 2.5 else pathology.COARSE_STEP_MM
     shift_mm = rng.uniform(1.0, 3.0) * _unit(rng) * np.array([1.0, 1.0, 0.5])
     for _ in range(MAX_PATHOLOGY_TRIES):  # lesions wholly outside the slab are drawn again, as ISLES has none
-        lesion = pathology.make_pathology(rng, lesion_types)
+        lesion = pathology.make_pathology(rng, lesion_types, step)
         fields, label = _sample_fields(lesion, head, slab, shift_mm)
         volume_ml = float(label.sum()) * voxel_ml
         if LABEL_VOLUME_RANGE_ML[0] <= volume_ml <= LABEL_VOLUME_RANGE_ML[1]:
             break
     acquisition = scanner.acquire(rng, head, fields, centre, lesion["params"])
-    maps = vendor_maps(acquisition["series"], slab, centre)
+    maps = vendor_maps(acquisition["series"], acquisition["aif"], slab, centre)
     vendor_scale = {isles.CBF: float(centre.vendor_scale[0] * rng.uniform(0.9, 1.1)),
                     isles.CBV: float(centre.vendor_scale[1] * rng.uniform(0.9, 1.1))}
     to_nifti = isles.network_to_nifti
@@ -129,7 +141,7 @@ def simulate_case(
     truth["core"] = (fields["core"] > pathology.CORE_SEVERITY).astype(np.uint8)
     params = {**slab.params, **lesion["params"], **acquisition["params"],
               "dwi_shift_mm": [round(float(v), 2) for v in shift_mm],
-              "core_volume_ml": round(float(truth["core"].sum()) * voxel_ml, 3)}
+              "core_volume_ml": round(float(truth["core"].sum()) * voxel_ml, 3), "manual_aif": maps["manual_aif"]}
     return {
         "maps": out,
         "truth": {k: to_nifti(v) for k, v in truth.items()},
@@ -140,6 +152,9 @@ def simulate_case(
         "vendor_scale": vendor_scale,
         "lesion_volume_ml": volume_ml,
         "params": params,
+        "tissue": to_nifti(sum(maps[k] for k in ("cbf", "cbv", "mtt", "tmax")) > 0),  # the ISLES brain mask
+        "core": to_nifti(truth["core"] > 0),
+        "territory": to_nifti(fields["hypo"] > 0.2),
     }
 
 

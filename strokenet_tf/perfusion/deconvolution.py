@@ -128,7 +128,8 @@ def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, threshol
 
 def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, thresholds: Sequence[float] = THRESHOLDS,
                    oi_limit: float = OI_LIMIT, method: str = "osvd", aif_count: int = 20, vof_count: int = 10,
-                   min_aif_peak_hu: float = 30.0, smoothing_sigma_voxels: float = SMOOTHING_SIGMA_VOXELS) -> dict:
+                   min_aif_peak_hu: float = 30.0, smoothing_sigma_voxels: float = SMOOTHING_SIGMA_VOXELS,
+                   fallback_aif_hu=None) -> dict:
     """Perfusion maps of a raw 4D CT perfusion series.
 
     Steps: baseline and brain mask (masking.py), enhancement above baseline, AIF and VOF (arterial.py),
@@ -142,6 +143,8 @@ def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, threshol
         thresholds, oi_limit, method: see `deconvolve`.
         aif_count, vof_count, min_aif_peak_hu: see `arterial.select_input_functions`.
         smoothing_sigma_voxels: in-plane Gaussian sigma for the tissue curves (0: none).
+        fallback_aif_hu: optional float32 [time] arterial input (HU above baseline) used when the automatic
+            selection finds none, as an operator picks one by hand; "aif_manual" then says so.
 
     Returns:
         dict: cbf [mL/100g/min], cbv [mL/100g], mtt [s], tmax [s] (float32 [depth, height, width], 0 outside
@@ -160,6 +163,11 @@ def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, threshol
     chosen = arterial.select_input_functions(curves, dt, tissue_peak, min_aif_peak_hu, aif_count, vof_count)
     found = chosen["aif_found"]
     aif = tf.where(found, chosen["aif"], tf.zeros_like(chosen["aif"]))
+    manual = tf.constant(False)
+    if fallback_aif_hu is not None:
+        manual = tf.logical_not(found)
+        aif = tf.where(found, aif, tf.convert_to_tensor(fallback_aif_hu, tf.float32))
+        found = tf.constant(True)
     aif_used = tf.where(found, aif, tf.one_hot(0, tf.shape(aif)[0]))
     if smoothing_sigma_voxels > 0:
         enhancement = masking.gaussian_in_plane(series - baseline[..., None], mask, smoothing_sigma_voxels)
@@ -187,5 +195,6 @@ def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, threshol
         "vof_mask": voxel_mask(chosen["vof_indices"]),
         "aif": aif, "aif_raw": chosen["aif_raw"], "vof": chosen["vof"], "aif_scale": chosen["aif_scale"],
         "aif_voxels": tf.shape(chosen["aif_indices"])[0], "vof_voxels": tf.shape(chosen["vof_indices"])[0],
-        "aif_found": found, "vof_found": chosen["vof_found"], "baseline_frames": baseline_count,
+        "aif_found": chosen["aif_found"], "aif_manual": manual, "vof_found": chosen["vof_found"],
+        "baseline_frames": baseline_count,
     }
