@@ -7,8 +7,9 @@ Usage:
 --data_dir must hold labelled cases never used for fitting (not the cross-validation's data). Per variant:
 Dice, HD95 (mm) and absolute volume error (mL) per case (`metrics.case_metrics`), mean, std and n; ECE (15 bins,
 brain voxels) of the raw and the calibrated probabilities (the cross-validation's calibration.json); the
-perfusion report's hypoperfusion volume against Tmax > 6 s counted in numpy from the Tmax file, and its mismatch
-volume against the one from the true core (the label); and the median seconds of `Segmenter.segment` (raw maps
+perfusion report's hypoperfusion volume against Tmax > 6 s counted in numpy on the true Tmax map, and its
+mismatch volume (predicted core) against the true one (true Tmax, true CT-time core), where the cases hold the
+true maps (`synthesize --write_truth`; else the Tmax file and the label); and the median seconds of `Segmenter.segment` (raw maps
 to mask, end to end) on a synthetic 16 x 256 x 256 slab, float32 and bfloat16 where the CPU runs it natively.
 """
 
@@ -68,9 +69,13 @@ def score_variant(segmenter, case_dirs, fitted) -> dict:
         brain = np.asarray(preprocess.brain_mask(case.image, case.channels))
         raw_p.append(probabilities[brain])
         labels.append(case.label[brain] > 0)
-        tmax = case.image[..., case.channels.index(isles.TMAX)]
-        reference = perfusion_report.reference_volumes_ml(tmax, brain, case.label > 0, case.spacing_mm)
+        tmax, core = case.image[..., case.channels.index(isles.TMAX)], case.label > 0
+        truth = _true_maps(case_dir)
+        if truth is not None:  # synthesize --write_truth: the maps before acquisition and deconvolution
+            tmax, core = truth["tmax"], truth["core"] > 0
+        reference = perfusion_report.reference_volumes_ml(tmax, brain, core, case.spacing_mm)
         row.update({
+            "truth_maps": truth is not None,
             "volume_error_ml": abs(row["volume_pred_ml"] - row["volume_true_ml"]),
             "hypoperfusion_ml": float(outputs["hypoperfusion_volume_ml"]),
             "hypoperfusion_true_ml": reference["hypoperfusion_volume_ml"],
@@ -100,6 +105,20 @@ def score_variant(segmenter, case_dirs, fitted) -> dict:
     result["members_disagree_cases"] = int(sum(r["members_disagree"] for r in rows))
     result["truth_in_member_interval"] = int(sum(r["truth_in_interval"] for r in rows))
     return result
+
+
+def _true_maps(case_dir) -> dict | None:
+    """The true Tmax (s) and CT-time core of a synthetic case (`.truth/`), network order; None without them."""
+    import nibabel as nib
+
+    from strokenet_tf.data import isles
+
+    folder = os.path.join(str(case_dir), ".truth")
+    paths = {name: os.path.join(folder, f"{name}.nii.gz") for name in ("tmax", "core")}
+    if not all(os.path.isfile(path) for path in paths.values()):
+        return None
+    return {name: isles.nifti_to_network(np.asarray(nib.load(path).dataobj, np.float32))
+            for name, path in paths.items()}
 
 
 def time_variant(segmenter, depth: int, repeats: int) -> dict:
