@@ -65,7 +65,7 @@ def coarse_anatomy(step: int = FINE_STEP_MM) -> dict:
     deep = ((np.abs(x) > 12) & (np.abs(x) < 32) & (np.abs(y + 2) < 22) & (z > -6) & (z < 18)) | (
         (np.abs(x) > 14) & (np.abs(x) < 30) & (np.abs(y + 10) < 30) & (z > 20) & (z < 35) & (wm > 0.6))
     # The superior sagittal sinus: just outside the envelope at the midline.
-    vein = ((np.abs(x) < 5) & (outside > 0.5) & (outside < 6) & (z > -20)).astype(np.float32)
+    vein = ((np.abs(x) < 5) & (outside > 0.0) & (outside < 3.5) & (z > -20)).astype(np.float32)
     atlas = {"affine": affine, "x": x, "y": y, "z": z, "gm": gm, "wm": wm, "tissue": tissue, "step": step,
              "territories": territories, "deep": deep & (tissue > 0.5), "near_ventricle": near_ventricle * wm,
              "vein": vein, "shape": stack.shape[:3]}
@@ -165,7 +165,7 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
     if reperfused:
         growth = -rng.uniform(0.04, 0.2) * np.ones(shape, np.float32)
     else:
-        growth = rng.uniform(0.0, 0.35) * hypo * (1.0 + 0.5 * _field(rng, atlas, 8.0))
+        growth = rng.uniform(0.0, 0.4) * hypo * (1.0 + 0.5 * _field(rng, atlas, 8.0))
     label = (core + growth) - CORE_SEVERITY
     label = 1.0 / (1.0 + np.exp(-label / 0.03)) * (tissue > 0.35)
     old = np.zeros(shape, np.float32)
@@ -185,7 +185,7 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
     # Collaterals: how long the bolus is delayed in the hypoperfused tissue, and how deep the core's CBF falls;
     # both vary between patients, so no single Tmax or CBF cut-off fits every case.
     params = {"collateral_delay": round(float(rng.uniform(0.6, 1.8)), 3),
-              "cbf_power": round(float(rng.uniform(0.7, 1.4)), 3), "lesion_type": kind, "side": "left" if side < 0 else "right", "reperfused": bool(reperfused),
+              "cbf_power": round(float(rng.uniform(0.6, 1.5)), 3), "lesion_type": kind, "side": "left" if side < 0 else "right", "reperfused": bool(reperfused),
               "growth": round(float(growth.max()), 3), "old_infarct": bool(old.max() > 0.5),
               "leukoaraiosis": bool(leuko.max() > 0.1), "contralateral_oligaemia": bool(contra.max() > 0.05)}
     return {"stack": stack, "label": label[..., None].astype(np.float32), "affine": atlas["affine"], "params": params}
@@ -200,7 +200,7 @@ _ARTERY_PATHS = (  # MNI mm control points, right side (x > 0); mirrored for the
 
 
 def _arteries(atlas: dict) -> np.ndarray:
-    """Partial-volume fraction of large arteries (radius ~2 mm) along fixed MNI paths, both sides."""
+    """Partial-volume fraction of large arteries (~4-5 mm across: ICA, M1-M2, A1-A2, P1-P2) along MNI paths."""
     points = []
     for path in _ARTERY_PATHS:
         for sign in (1.0, -1.0):
@@ -215,7 +215,7 @@ def _arteries(atlas: dict) -> np.ndarray:
     valid = np.all((index >= 0) & (index < np.asarray(atlas["shape"])), axis=1)
     seed[tuple(index[valid].T)] = True
     distance = ndimage.distance_transform_edt(~seed) * atlas["step"]
-    return np.clip(2.0 - distance, 0, 1).astype(np.float32) * 0.9
+    return np.clip((2.5 - distance) / 1.5, 0, 1).astype(np.float32)
 
 
 def physiology(fields: dict, collateral_delay: float = 1.0, cbf_power: float = 1.0):

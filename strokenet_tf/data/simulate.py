@@ -106,8 +106,8 @@ def simulate_case(
 
     Returns:
         dict with "maps" (modality -> array in NIfTI (x, y, z[, t]) order: float32 HU for CT, the four maps
-        in physical units, int16 HU for CT_4DPWI, uint8 OT), "truth" (true cbf, cbv, mtt, tmax, delay and
-        the CT-time core, NIfTI order), "affine", "zooms_mm", "codes", "ids", "vendor_scale",
+        in physical units, int16 HU for CT_4DPWI, uint8 OT), "truth" (true cbf, cbv, mtt, tmax, delay, the
+        CT-time core and the large-vessel fraction, NIfTI order; vessels are not in the true maps), "affine", "zooms_mm", "codes", "ids", "vendor_scale",
         "lesion_volume_ml", "params", and bool NIfTI-order masks "tissue" (summed maps > 0, the ISLES brain
         mask), "core" (CT-time core) and "territory" (hypoperfused tissue).
     """
@@ -119,7 +119,9 @@ def simulate_case(
     head = anatomy.make_head(rng, slab)
     voxel_ml = float(np.prod(slab.spacing_mm)) / 1000.0
     step = pathology.FINE_STEP_MM if slab.spacing_mm[1] < 2.5 else pathology.COARSE_STEP_MM
-    shift_mm = rng.uniform(1.0, 3.0) * _unit(rng) * np.array([1.0, 1.0, 0.5])
+    # DWI-to-CT misregistration: 1-3 mm in-plane, up to 1 mm across slices.
+    angle = rng.uniform(0, 2 * np.pi)
+    shift_mm = np.array([np.cos(angle), np.sin(angle), 0.0]) * rng.uniform(1.0, 3.0) + [0.0, 0.0, rng.uniform(-1, 1)]
     for _ in range(MAX_PATHOLOGY_TRIES):  # lesions wholly outside the slab are drawn again, as ISLES has none
         lesion = pathology.make_pathology(rng, lesion_types, step)
         fields, label = _sample_fields(lesion, head, slab, shift_mm)
@@ -139,6 +141,7 @@ def simulate_case(
         out[isles.PWI] = np.transpose(series, (2, 1, 0, 3))
     truth = dict(acquisition["truth"])
     truth["core"] = (fields["core"] > pathology.CORE_SEVERITY).astype(np.uint8)
+    truth["vessel"] = np.clip(fields["artery"] + fields["vein"], 0, 1).astype(np.float32)  # hot spots in the maps
     params = {**slab.params, **lesion["params"], **acquisition["params"],
               "dwi_shift_mm": [round(float(v), 2) for v in shift_mm],
               "core_volume_ml": round(float(truth["core"].sum()) * voxel_ml, 3), "manual_aif": maps["manual_aif"]}
@@ -157,7 +160,3 @@ def simulate_case(
         "territory": to_nifti(fields["hypo"] > 0.2),
     }
 
-
-def _unit(rng: np.random.Generator) -> np.ndarray:
-    vector = rng.standard_normal(3)
-    return vector / max(float(np.linalg.norm(vector)), 1e-6)
