@@ -237,7 +237,8 @@ def uncertainty_summary(outputs: dict[str, Any], spacing_mm: Sequence[float]) ->
         "member_dice_vs_ensemble": [float(v) for v in np.atleast_1d(outputs["member_dice"])],
         "members_disagree": bool(outputs[inference.DISAGREE_KEY]),
         "disagreement_rule": (f"core-volume range > {inference.DISAGREEMENT_RELATIVE_RANGE:g} x the ensemble core "
-                              f"volume (at least 1 mL), or a member's Dice vs the ensemble mask < "
+                              f"volume (at least {inference.DISAGREEMENT_MIN_VOLUME_ML:g} mL), or a member's Dice "
+                              f"vs the ensemble mask < "
                               f"{inference.DISAGREEMENT_MIN_DICE:g}"),
         "mean_entropy_bits_in_core": float(entropy[mask].mean()) if mask.any() else None,
         "uncertain_volume_ml": float(np.count_nonzero(entropy > 0.5)) * float(np.prod(spacing_mm)) / 1000.0,

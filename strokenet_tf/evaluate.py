@@ -151,6 +151,7 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
     source = getattr(segmenter, "source", None) or getattr(getattr(segmenter, "trained", None), "source", "")
     info = {
         "model": str(source), "threshold": getattr(segmenter, "threshold", None), "data_dir": str(data_dir),
+        "ensemble": prediction.ensemble_info(segmenter),
         "split": split, "fold": dataclasses.asdict(fold) if fold else None,
         "empty_score": rules.empty_score, "empty_distance": rules.empty_distance,
         "n_cases": len(rows), "case_ids": [row["case_id"] for row in rows],

@@ -46,9 +46,11 @@ UNCERTAINTY_KEY = "uncertainty"
 VOXEL_SIZE_KEY = "voxel_size_mm"
 MEMBER_VOLUMES_KEY = "member_core_volume_ml"
 DISAGREE_KEY = "members_disagree"
-DISAGREEMENT_RELATIVE_RANGE = 0.5
-"""Members disagree when (max - min) of their core volumes exceeds this fraction of the ensemble's core volume
-(at least 1 mL), or when a member's mask overlaps the ensemble mask with Dice below `DISAGREEMENT_MIN_DICE`."""
+DISAGREEMENT_RELATIVE_RANGE = 1.0
+DISAGREEMENT_MIN_VOLUME_ML = 2.0
+"""Members disagree when (max - min) of their core volumes exceeds `DISAGREEMENT_RELATIVE_RANGE` x the ensemble's
+core volume (at least `DISAGREEMENT_MIN_VOLUME_ML`), or when a member's mask overlaps the ensemble mask with Dice
+below `DISAGREEMENT_MIN_DICE`."""
 DISAGREEMENT_MIN_DICE = 0.5
 REPORT_SIGNATURE = "report"
 MODEL_SOURCES = ("best", "latest")
@@ -308,7 +310,7 @@ class Segmenter(tf.Module, _CasePredictor):
         dice = tf.where(denominator > 0, 2.0 * overlap / tf.maximum(denominator, 1.0), tf.ones_like(overlap))
         core_ml = core_voxels * voxel_ml
         spread = tf.reduce_max(member_ml, axis=1) - tf.reduce_min(member_ml, axis=1)
-        disagree = ((spread > DISAGREEMENT_RELATIVE_RANGE * tf.maximum(core_ml, 1.0))
+        disagree = ((spread > DISAGREEMENT_RELATIVE_RANGE * tf.maximum(core_ml, DISAGREEMENT_MIN_VOLUME_ML))
                     | (tf.reduce_min(dice, axis=1) < DISAGREEMENT_MIN_DICE))
         outputs.update(perfusion_report.graph_report(image, self.channels, outputs[MASK_KEY], voxel_size_mm))
         outputs[MEMBER_VOLUMES_KEY] = member_ml

@@ -85,6 +85,7 @@ def score_variant(segmenter, case_dirs, fitted) -> dict:
             "defuse3_true": int(reference["core_volume_ml"] < 70 and reference["mismatch_ratio"] >= 1.8
                                 and reference["mismatch_volume_ml"] >= 15),
             "members_disagree": bool(outputs["members_disagree"]),
+            "member_dice_min": float(np.min(outputs["member_dice"])),
             "core_interval_ml": [float(np.min(outputs["member_core_volume_ml"])),
                                  float(np.max(outputs["member_core_volume_ml"]))],
         })
