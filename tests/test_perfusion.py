@@ -267,3 +267,25 @@ def test_baseline_frames_follow_the_bolus():
     curve = np.concatenate([np.zeros(8), np.linspace(0, 40, 10), np.full(27, 20.0)]).astype(np.float32) + 30
     assert int(masking.baseline_frames(tf.constant(curve))) == 8  # arrival at frame 9
     assert int(masking.baseline_frames(tf.constant(curve[6:]))) == constants.MIN_BASELINE_FRAMES
+
+
+@pytest.mark.parametrize("frame_interval_s", [0.5, 2.0])
+def test_other_frame_intervals(frame_interval_s):
+    rng = np.random.default_rng(2)
+    frames = int(60 / frame_interval_s)
+    aif = tracer.gamma_variate(np.arange(frames) * frame_interval_s, 6.0, 350.0, 3.0, 1.5)
+    cbf, mtt, delay = rng.uniform(20, 70, 400), rng.uniform(3, 8, 400), rng.uniform(0, 3, 400)
+    series = np.full((1, 20, 20, frames), 35.0, np.float32)
+    series.reshape(400, frames)[:] += tracer.tissue_curves(aif, frame_interval_s, cbf, mtt, delay, 1.0)
+    series[0, 2, 3:5] = 35.0 + aif  # two arteries, fewer than the tissue voxels that arrive late
+    maps = {k: v.numpy() for k, v in deconvolution.perfusion_maps(
+        tf.constant(series), frame_interval_s, smoothing_sigma_voxels=0.0).items()}
+    assert maps["aif_found"] and maps["aif_voxels"] == 2
+    tissue = maps["brain_mask"].reshape(-1).copy()
+    tissue[[43, 44]] = False
+    cbf_ratio = maps["cbf"].reshape(-1)[tissue] / (cbf * tracer.apparent_cbf_fraction(mtt, 1.0))[tissue]
+    assert abs(np.median(cbf_ratio) - 1) < 0.1
+    cbv_ratio = maps["cbv"].reshape(-1)[tissue] / (cbf * mtt / 60)[tissue]
+    assert abs(np.median(cbv_ratio) - 1) < 0.02
+    tmax_error = maps["tmax"].reshape(-1)[tissue] - tracer.true_tmax_s(mtt, delay, 1.0)[tissue]
+    assert abs(np.median(tmax_error)) < frame_interval_s

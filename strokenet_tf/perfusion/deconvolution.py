@@ -24,6 +24,9 @@ import tensorflow as tf
 from strokenet_tf.perfusion import arterial, constants, masking
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)
+# OI limit for 1 s frames (the DSC-MRI toolbox default of Peruzzo/Castellaro). A residue's OI grows with the
+# square of the sampling interval (second differences ~ k'' dt^2 over L = duration / dt samples), so the limit
+# used is OI_LIMIT * (frame_interval_s / 1 s)^2.
 OI_LIMIT = 0.035
 OI_NONE = 1e3
 # MTT where CBF is below this (mL/100g/min) is set to 0; MTT is clipped to the acquisition length.
@@ -87,7 +90,7 @@ def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, threshol
         aif: float32 [time] arterial enhancement in HU.
         frame_interval_s: time between frames in s.
         thresholds: truncation thresholds P (fractions of the largest singular value), any order.
-        oi_limit: oscillation-index limit.
+        oi_limit: oscillation-index limit for 1 s frames (scaled by frame_interval_s^2).
         method: "osvd" (truncated SVD) or "tikhonov".
 
     Returns:
@@ -118,7 +121,7 @@ def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, threshol
     for _ in range(math.ceil(math.log2(len(ordered)))):
         middle = (low + high) // 2
         residue = residues(middle)
-        passed = _oscillation_index(residue, tf.reduce_max(residue, axis=1)) < oi_limit
+        passed = _oscillation_index(residue, tf.reduce_max(residue, axis=1)) < oi_limit * dt * dt
         high = tf.where(passed, middle, high)
         low = tf.where(passed, low, tf.minimum(middle + 1, high))
     peak, position, oscillation = _residue_features(residues(high), frames)

@@ -4,7 +4,7 @@ The rules follow common CTP practice (e.g. Konstas et al. 2009, AJNR 30:662-668 
 the mean of the frames before the bolus reaches the brain; the brain is soft tissue inside the skull on the
 baseline image. Chosen here:
   - bolus arrival: a curve arrives at the first frame exceeding `ARRIVAL_FRACTION` of its peak enhancement;
-    the series' arrival is the 10th percentile over the most enhancing `VESSEL_FRACTION` of the rough brain
+    the series' arrival is the 2nd percentile over the most enhancing `VESSEL_FRACTION` of the rough brain
     (large vessels: the arteries come first); baseline = frames [0, arrival - 1), at least
     `constants.MIN_BASELINE_FRAMES`, at most half the series.
   - brain mask: baseline smoothed 3x3 in-plane within [`CSF_MAX_HU`, `BONE_MIN_HU`] (excludes CSF, bone and
@@ -87,15 +87,15 @@ def _baseline_count(arrival: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
 
 def arterial_arrival(series_hu: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Arrival frame of the earliest large vessels (int32 scalar): among the most enhancing voxels of `mask`
-    (VESSEL_FRACTION of them, at least 20), the 10th percentile of their arrival frames. Arteries enhance
-    first; veins, as bright but later, must not date the baseline."""
+    (VESSEL_FRACTION of them, at least 20), the 2nd percentile of their arrival frames. Arteries enhance
+    first; veins and tissue, as bright but later and more numerous, must not date the baseline."""
     curves = tf.boolean_mask(series_hu, mask)
     enhancement = tf.reduce_max(curves, axis=1) - tf.reduce_mean(curves[:, : constants.MIN_BASELINE_FRAMES], axis=1)
     count = tf.shape(curves)[0]
     k = tf.minimum(tf.maximum(tf.cast(tf.cast(count, tf.float32) * VESSEL_FRACTION, tf.int32), 20), count)
     _, top = tf.math.top_k(enhancement, k=k)
     arrivals = tf.sort(bolus_arrival(tf.gather(curves, top)))
-    return tf.gather(tf.concat([arrivals, [0]], axis=0), k // 10)
+    return tf.gather(tf.concat([arrivals, [0]], axis=0), k // 50)
 
 
 def baseline_and_mask(series_hu: tf.Tensor, brain_mask: tf.Tensor | None = None):
