@@ -204,3 +204,15 @@ def test_best_files_of_an_abandoned_attempt_are_removed_on_a_fresh_start(referen
     assert any(r.getMessage().startswith("removed best.keras and best.json") for r in caplog.records)
     assert not os.path.exists(os.path.join(model_dir, checkpointing.BEST_MODEL_FILE))
     assert not os.path.exists(os.path.join(model_dir, checkpointing.BEST_METRICS_FILE))
+
+
+def test_loading_a_run_from_its_latest_checkpoint_skips_a_damaged_one(reference, tmp_path, caplog):
+    config = copy_run(reference, tmp_path)
+    newest = checkpointing.latest_checkpoint(config.model_dir)
+    truncate(newest + ".index")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        trained = inference.load_run(config.model_dir, source="latest")
+    assert trained.source.endswith("ckpt-8")
+    assert [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()] == [
+        f"checkpoint {newest} cannot be read ({checkpointing.checkpoint_read_error(newest)}); using the older "
+        f"intact checkpoint {newest[:-1]}8"]
