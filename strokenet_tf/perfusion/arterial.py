@@ -13,8 +13,9 @@ Chosen here (curves lightly smoothed [1, 2, 1] / 4 in time for the features):
     keeping those within half of the best score and peaking at most one frame after the best-scoring
     voxel; the AIF is their mean curve. Found when at least one voxel is kept, its peak is
     >= `min_peak_hu` and >= 3 x the whole-brain mean peak.
-  - VOF: non-noisy voxels peaking >= 2 frames after the AIF with peak >= `min_peak_hu`; the `count` largest
-    areas within half of the largest. The AIF is scaled by area(VOF) / area(AIF), clipped to [1, 3]
+  - VOF: non-noisy voxels peaking >= 2 frames after the AIF, with peak >= `min_peak_hu` and at most
+    30% of their peak when the AIF peaks (not artery and vein in one voxel); the `count` largest areas within
+    half of the largest. The AIF is scaled by area(VOF) / area(AIF), clipped to [1, 3]
     (partial volume only lowers the arterial area; a truncated VOF must not shrink it).
 """
 
@@ -27,6 +28,7 @@ DIP_MIN = -0.2
 TAIL_MAX = 0.5
 TISSUE_PEAK_RATIO = 3.0
 PV_SCALE_RANGE = (1.0, 3.0)
+VENOUS_AT_ARTERIAL_PEAK = 0.3
 
 
 def smooth_in_time(curves: tf.Tensor) -> tf.Tensor:
@@ -113,6 +115,9 @@ def select_input_functions(curves: tf.Tensor, frame_interval_s, tissue_peak_hu, 
 
     aif_ttp = tf.cast(tf.argmax(smooth_in_time(aif_raw[None])[0]), tf.int32)
     venous = tf.logical_and(tf.logical_and(strong, features["clean"]), features["ttp"] >= aif_ttp + 2)
+    # A vein is still low when the arteries peak; a voxel holding artery and vein (area of both) is not.
+    at_arterial_peak = tf.gather(smooth_in_time(curves), tf.fill([tf.shape(curves)[0]], aif_ttp), batch_dims=1)
+    venous = tf.logical_and(venous, at_arterial_peak <= VENOUS_AT_ARTERIAL_PEAK * peak)
     vof_indices = _best(features["area"], venous, venous_count)
     vof = _mean_curve(curves, vof_indices)
     vof_found = tf.logical_and(aif_found, tf.shape(vof_indices)[0] > 0)

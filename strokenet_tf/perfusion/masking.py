@@ -4,8 +4,8 @@ The rules follow common CTP practice (e.g. Konstas et al. 2009, AJNR 30:662-668 
 the mean of the frames before the bolus reaches the brain; the brain is soft tissue inside the skull on the
 baseline image. Chosen here:
   - bolus arrival: a curve arrives at the first frame exceeding `ARRIVAL_FRACTION` of its peak enhancement;
-    the series' arrival is the 2nd percentile over the most enhancing `VESSEL_FRACTION` of the rough brain
-    (large vessels: the arteries come first); baseline = frames [0, arrival - 1), at least
+    the series' arrival is that of the mean curve of the earliest-peaking among the most enhancing
+    `VESSEL_FRACTION` of the rough brain (the arteries); baseline = frames [0, arrival - 1), at least
     `constants.MIN_BASELINE_FRAMES`, at most half the series.
   - brain mask: baseline smoothed 3x3 in-plane within [`CSF_MAX_HU`, `BONE_MIN_HU`] (excludes CSF, bone and
     air) and inside the skull: bone (> `BONE_MIN_HU`) seen in at least 3 of the 4 in-plane directions
@@ -86,16 +86,22 @@ def _baseline_count(arrival: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
 
 
 def arterial_arrival(series_hu: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Arrival frame of the earliest large vessels (int32 scalar): among the most enhancing voxels of `mask`
-    (VESSEL_FRACTION of them, at least 20), the 2nd percentile of their arrival frames. Arteries enhance
-    first; veins and tissue, as bright but later and more numerous, must not date the baseline."""
+    """Arrival frame of the earliest large vessels (int32 scalar). Among the most enhancing voxels of `mask`
+    (VESSEL_FRACTION of them, at least 20) the arteries peak first: the voxels peaking no later than one frame
+    after the 2nd percentile of their peak times are averaged, and that low-noise curve's `bolus_arrival` is
+    returned. Veins and tissue, as bright but later and more numerous, do not date the baseline; single noisy
+    voxels do not either."""
     curves = tf.boolean_mask(series_hu, mask)
     enhancement = tf.reduce_max(curves, axis=1) - tf.reduce_mean(curves[:, : constants.MIN_BASELINE_FRAMES], axis=1)
     count = tf.shape(curves)[0]
     k = tf.minimum(tf.maximum(tf.cast(tf.cast(count, tf.float32) * VESSEL_FRACTION, tf.int32), 20), count)
     _, top = tf.math.top_k(enhancement, k=k)
-    arrivals = tf.sort(bolus_arrival(tf.gather(curves, top)))
-    return tf.gather(tf.concat([arrivals, [0]], axis=0), k // 50)
+    vessels = tf.gather(curves, top)
+    peak_frames = tf.cast(tf.argmax(vessels, axis=1), tf.int32)
+    early = tf.gather(tf.concat([tf.sort(peak_frames), [0]], axis=0), k // 50)
+    arteries = tf.boolean_mask(vessels, peak_frames <= early + 1)
+    mean = tf.reduce_sum(arteries, axis=0) / tf.maximum(tf.cast(tf.shape(arteries)[0], tf.float32), 1.0)
+    return bolus_arrival(mean[None])[0]
 
 
 def baseline_and_mask(series_hu: tf.Tensor, brain_mask: tf.Tensor | None = None):
