@@ -138,15 +138,15 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
         focus = _lesion(rng, atlas, seed_weight, core_mm, core_ratio, roughness + 0.1)
         if clip is not None:
             region, focus = region * clip, focus * clip
-        hypo, core = np.maximum(hypo, region), np.maximum(core, focus)
+        hypo, core = np.maximum(hypo, np.maximum(region, focus)), np.maximum(core, focus)  # the core is hypoperfused too
 
     if kind in ("mca", "aca", "pca"):
         territory = atlas["territories"][kind] * hemisphere
         clip = np.clip(territory * 1.5, 0, 1) * (territory > 0.2)
-        add(territory * tissue, float(np.exp(rng.normal(np.log(21.0), 0.45))), rng.uniform(1.3, 2.4),
+        add(territory * tissue, float(np.exp(rng.normal(np.log(24.0), 0.45))), rng.uniform(1.3, 2.4),
             rng.uniform(1.3, 2.0), 0.3, clip)
     elif kind == "lacune":
-        add(atlas["deep"] * hemisphere, rng.uniform(4.0, 10.0), rng.uniform(1.0, 1.6), rng.uniform(1.2, 1.6), 0.2)
+        add(atlas["deep"] * hemisphere, rng.uniform(5.0, 12.0), rng.uniform(1.0, 1.6), rng.uniform(1.2, 1.6), 0.2)
     else:  # embolic shower: 2-5 small lesions in one hemisphere's MCA territory
         territory = atlas["territories"]["mca"] * hemisphere
         clip = np.clip(territory * 1.5, 0, 1)
