@@ -289,3 +289,14 @@ def test_other_frame_intervals(frame_interval_s):
     assert abs(np.median(cbv_ratio) - 1) < 0.02
     tmax_error = maps["tmax"].reshape(-1)[tissue] - tracer.true_tmax_s(mtt, delay, 1.0)[tissue]
     assert abs(np.median(tmax_error)) < frame_interval_s
+
+
+def test_tmax_bias_correction():
+    series, truth, tissue = _phantom(dispersion_s=0.8)
+    raw = _maps(series, thresholds=(0.2,))
+    corrected = _maps(series, thresholds=(0.2,), tmax_bias_correction=True)
+    tissue &= raw["brain_mask"]
+    raw_error = np.median(raw["tmax"][tissue] - truth["tmax"][tissue])
+    corrected_error = np.median(corrected["tmax"][tissue] - truth["tmax"][tissue])
+    assert raw_error > 1.0 and abs(corrected_error) < 0.4
+    np.testing.assert_array_equal(raw["cbf"], corrected["cbf"])

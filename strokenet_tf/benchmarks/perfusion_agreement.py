@@ -6,7 +6,7 @@ Usage:
 
 For every case with CT_4DPWI and the hidden `.truth/{cbf,cbv,mtt,tmax}.nii.gz` (written by
 `synthesize --write_truth`), the maps of `perfusion.deconvolution.perfusion_maps` (default settings) are
-compared with the true maps inside the brain (deconvolution mask, true CBF > 0, and large-vessel fraction
+(optionally with the Tmax bias correction) compared with the true maps inside the brain (deconvolution mask, true CBF > 0, and large-vessel fraction
 below 5% where `.truth/vessel.nii.gz` exists): Pearson correlation voxel by voxel (r), Spearman's rank
 correlation (rho), Pearson of 5 x 5 in-plane means (r5, regional agreement without most of the voxel noise),
 median bias (deconvolved - true, in the map's units) and median ratio. When the case also holds the stored
@@ -41,6 +41,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("data_dir", None, "Synthetic root written with synthesize --write_truth.", **defined)
     flags.DEFINE_string("split", None, "Split folder to read (default: every split found).", **defined)
     flags.DEFINE_integer("max_cases", 0, "Most cases to compare (0: all).", lower_bound=0, **defined)
+    flags.DEFINE_boolean("tmax_bias_correction", False, "perfusion_maps(tmax_bias_correction=...).", **defined)
 
 
 def _regional(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -96,7 +97,8 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(f"{TOOL}: --data_dir {FLAGS.data_dir}: no such folder")
     case_dirs = isles.find_case_dirs(FLAGS.data_dir, split=FLAGS.split)
     spec = [tf.TensorSpec([None, None, None, None], tf.float32), tf.TensorSpec([], tf.float32)]
-    graph = tf.function(lambda s, dt: deconvolution.perfusion_maps(s, dt), input_signature=spec)
+    graph = tf.function(lambda s, dt: deconvolution.perfusion_maps(
+        s, dt, tmax_bias_correction=FLAGS.tmax_bias_correction), input_signature=spec)
     results = {}
     for case_dir in case_dirs[: FLAGS.max_cases or None]:
         rows = compare_case(case_dir, graph)

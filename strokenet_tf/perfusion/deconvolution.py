@@ -33,6 +33,8 @@ OI_NONE = 1e3
 MIN_CBF_FOR_MTT = 1.0
 # Per-voxel CTP noise (~5-15 HU a frame) swamps grey-matter enhancement (~10-30 HU); vendors smooth in plane.
 SMOOTHING_SIGMA_VOXELS = 1.0
+# Normal grey matter (MTT, dispersion, delay in s) for the optional Tmax bias correction.
+REFERENCE_RESIDUE = (4.0, 1.0, 1.0)
 
 
 def _aif_spectrum(aif: tf.Tensor, dt: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
@@ -81,8 +83,24 @@ def _residue_features(residue: tf.Tensor, frames: tf.Tensor) -> tuple[tf.Tensor,
     return peak, position, _oscillation_index(residue, peak)
 
 
+def _tmax_bias(spectrum: tf.Tensor, filters: tf.Tensor, frames: tf.Tensor, dt: tf.Tensor) -> tf.Tensor:
+    """Tmax excess (s) of each filter on a reference residue through this AIF: [thresholds].
+
+    Truncation acts as a symmetric low-pass on an asymmetric residue (fast rise, slow fall), so the peak
+    of the regularised residue comes late, the more so the larger the threshold. The reference is the
+    normal-tissue residue of `REFERENCE_RESIDUE` (MTT, dispersion, delay in s), whose true Tmax is known.
+    """
+    mtt, beta, delay = REFERENCE_RESIDUE
+    times = tf.cast(tf.range(2 * frames), tf.float32) * dt - delay
+    later = tf.maximum(times, 0.0)
+    residue = tf.where(times >= 0, mtt / (mtt - beta) * (tf.exp(-later / mtt) - tf.exp(-later / beta)), 0.0)
+    estimated = tf.signal.irfft(spectrum[None] * tf.signal.rfft(residue)[None] * filters, fft_length=[2 * frames])
+    _, position, _ = _residue_features(estimated, frames)
+    return position * dt - (delay + math.log(mtt / beta) * mtt * beta / (mtt - beta))
+
+
 def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, thresholds: Sequence[float] = THRESHOLDS,
-               oi_limit: float = OI_LIMIT, method: str = "osvd") -> dict:
+               oi_limit: float = OI_LIMIT, method: str = "osvd", tmax_bias_correction: bool = False) -> dict:
     """Residue peak, Tmax, OI and chosen threshold of each voxel by adaptive block-circulant deconvolution.
 
     Args:
@@ -92,6 +110,9 @@ def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, threshol
         thresholds: truncation thresholds P (fractions of the largest singular value), any order.
         oi_limit: oscillation-index limit for 1 s frames (scaled by frame_interval_s^2).
         method: "osvd" (truncated SVD) or "tikhonov".
+        tmax_bias_correction: subtract from each voxel's Tmax the excess its threshold gives a reference
+            normal-tissue residue through the same AIF (`_tmax_bias`; clipped at 0). Off by default: Tmax is
+            then the argmax of the residue, as vendors report it.
 
     Returns:
         dict of [voxels] float32: residue_peak (1/s, = (RHO/K_H) CBF/6000), tmax_s, oscillation_index,
@@ -126,13 +147,16 @@ def deconvolve(curves: tf.Tensor, aif: tf.Tensor, frame_interval_s=1.0, threshol
         low = tf.where(passed, low, tf.minimum(middle + 1, high))
     peak, position, oscillation = _residue_features(residues(high), frames)
     threshold = tf.gather(tf.constant(ordered, tf.float32), high)
-    return {"residue_peak": peak, "tmax_s": position * dt, "oscillation_index": oscillation, "threshold": threshold}
+    tmax = position * dt
+    if tmax_bias_correction:
+        tmax = tf.maximum(tmax - tf.gather(_tmax_bias(spectrum, filters, frames, dt), high), 0.0)
+    return {"residue_peak": peak, "tmax_s": tmax, "oscillation_index": oscillation, "threshold": threshold}
 
 
 def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, thresholds: Sequence[float] = THRESHOLDS,
                    oi_limit: float = OI_LIMIT, method: str = "osvd", aif_count: int = 20, vof_count: int = 10,
                    min_aif_peak_hu: float = 30.0, smoothing_sigma_voxels: float = SMOOTHING_SIGMA_VOXELS,
-                   fallback_aif_hu=None) -> dict:
+                   fallback_aif_hu=None, tmax_bias_correction: bool = False) -> dict:
     """Perfusion maps of a raw 4D CT perfusion series.
 
     Steps: baseline and brain mask (masking.py), enhancement above baseline, AIF and VOF (arterial.py),
@@ -143,7 +167,7 @@ def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, threshol
         series_hu: float32 [depth, height, width, time] in HU (any sizes, time >= MIN_FRAMES advised).
         frame_interval_s: time between frames in s (scalar, may be a tensor).
         brain_mask: optional bool [depth, height, width]; default from the baseline image.
-        thresholds, oi_limit, method: see `deconvolve`.
+        thresholds, oi_limit, method, tmax_bias_correction: see `deconvolve`.
         aif_count, vof_count, min_aif_peak_hu: see `arterial.select_input_functions`.
         smoothing_sigma_voxels: in-plane Gaussian sigma for the tissue curves (0: none).
         fallback_aif_hu: optional float32 [time] arterial input (HU above baseline) used when the automatic
@@ -175,7 +199,7 @@ def perfusion_maps(series_hu, frame_interval_s=1.0, brain_mask=None, *, threshol
     if smoothing_sigma_voxels > 0:
         enhancement = masking.gaussian_in_plane(series - baseline[..., None], mask, smoothing_sigma_voxels)
         curves = tf.gather_nd(enhancement, indices)
-    result = deconvolve(curves, aif_used, dt, thresholds, oi_limit, method)
+    result = deconvolve(curves, aif_used, dt, thresholds, oi_limit, method, tmax_bias_correction)
     cbf = tf.maximum(constants.CBF_SCALE * result["residue_peak"], 0.0)
     cbv = constants.CBV_SCALE * tf.reduce_sum(curves, axis=1) / tf.maximum(tf.reduce_sum(aif_used), 1e-6)
     cbv = tf.maximum(cbv, 0.0)
