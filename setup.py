@@ -21,6 +21,9 @@ setup(
         "pillow>=10",
         "scipy>=1.11",
         "absl-py>=2.1",
+        # The MNI ICBM152 grey/white-matter template of the synthetic data ships inside nilearn's wheel (read from
+        # its data folder; nilearn is never imported and nothing is downloaded).
+        "nilearn>=0.10",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],
