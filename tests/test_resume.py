@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import write_tiny_training_set
+from tensorboard.backend.event_processing import plugin_event_accumulator as event_accumulator
 
 import fork_runner
 from strokenet_tf import inference
@@ -124,6 +125,20 @@ def test_kills_at_random_steps_resume_to_the_same_weights_and_optimizer_slots(da
     assert (record["epoch"], record["dice"]) == (reference_result.best_epoch, reference_result.best_val_dice)
 
 
+def logged_scalars(model_dir):
+    """{(log, tag): [(step, value), ...]} as TensorBoard shows them (after it purges orphaned events)."""
+    scalars = {}
+    for log in ("train", "val"):
+        accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, log),
+                                                         size_guidance={event_accumulator.TENSORS: 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["tensors"]:
+            if tag != "overlay":
+                scalars[(log, tag)] = [(event.step, float(tf.make_ndarray(event.tensor_proto)))
+                                       for event in accumulator.Tensors(tag)]
+    return scalars
+
+
 def truncate(path):
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
@@ -152,6 +167,9 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one_and_ends_like_the_
                         f"the older intact checkpoint {newest[:-1]}8"]
     assert result.resumed_from.endswith("ckpt-8") and result.global_step == TOTAL_STEPS
     assert max_difference(checkpoint_values(config.model_dir), reference_values) == 0.0
+    # TensorBoard shows each step once (the rolled-back step 9 of the first attempt is purged), as uninterrupted.
+    reference_scalars = logged_scalars(reference[0].model_dir)
+    assert len(reference_scalars) > 5 and logged_scalars(config.model_dir) == reference_scalars
     damaged = os.path.join(config.model_dir, checkpointing.CHECKPOINT_SUBDIR, "damaged")
     assert sorted(os.listdir(damaged)) == ["ckpt-9.data-00000-of-00001", "ckpt-9.index"]
     state = tf.train.get_checkpoint_state(os.path.join(config.model_dir, checkpointing.CHECKPOINT_SUBDIR))

@@ -139,46 +139,8 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, finished_run, tmp
     resumed = _checkpoint_values(checkpointing.latest_checkpoint(config.model_dir))
     reference = _checkpoint_values(checkpointing.latest_checkpoint(reference_config.model_dir))
     assert resumed.keys() == reference.keys() and len(resumed) > 10
-    for name in reference:
-        np.testing.assert_allclose(resumed[name], reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
-
-
-KILL_SCRIPT = (
-    "import os, signal, sys\n"
-    "from strokenet_tf.config import TrainConfig\n"
-    "from strokenet_tf.training import loop\n"
-    "config = TrainConfig.from_json(open(sys.argv[1]).read())\n"
-    "kill_at = int(sys.argv[2])\n"
-    "def after_step(step):\n"
-    "    if step == kill_at:\n"
-    "        os.kill(os.getpid(), signal.SIGKILL)\n"
-    "loop.train(config, after_step=after_step)\n"
-)
-
-
-def test_several_kills_at_random_steps_still_finish_like_an_uninterrupted_run(data_dir, finished_run, tmp_path):
-    reference_config, _ = finished_run
-    config = make_config(data_dir, str(tmp_path / "model"))
-    config_path = tmp_path / "config.json"
-    config_path.write_text(config.to_json())
-    # Three kills at increasing random steps of the 9-step run (seeded: the test is repeatable), the first
-    # possibly before any checkpoint exists; each restart resumes from whatever the previous one left.
-    kill_steps = sorted(np.random.default_rng(2026).choice(np.arange(1, 9), size=3, replace=False).tolist())
-    for kill_at in kill_steps:
-        process = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(config_path), str(kill_at)], cwd=REPO,
-                                 capture_output=True, text=True, timeout=300)
-        assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
-        # Every checkpoint the index names is complete and readable; no temporary files are visible as one.
-        state = tf.train.get_checkpoint_state(os.path.join(config.model_dir, checkpointing.CHECKPOINT_SUBDIR))
-        for path in (state.all_model_checkpoint_paths if state else []):
-            assert tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    result = loop.train(config)
-    assert (result.epochs_done, result.global_step) == (3, 9)
-    resumed = _checkpoint_values(checkpointing.latest_checkpoint(config.model_dir))
-    reference = _checkpoint_values(checkpointing.latest_checkpoint(reference_config.model_dir))
-    assert resumed.keys() == reference.keys()
-    for name in reference:
-        np.testing.assert_allclose(resumed[name], reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for name in reference:  # bit for bit on one CPU device (kills at random steps, dropout: test_resume.py)
+        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
 
 
 def test_validation_pads_and_crops_back():

@@ -46,6 +46,7 @@ class RunState:
         epoch: 0-based epoch in progress (== number of finished epochs).
         step_in_epoch: optimizer steps already done in `epoch`.
         global_step: optimizer steps done since the start of the run.
+        epoch_loss_sum: sum of the training losses of `epoch` so far (its mean is logged at the epoch's end).
         stage: curriculum stage index of `epoch` (kept for logs and checks).
         best_val_dice: best mean validation Dice so far (-1 before the first validation).
         best_epoch: epoch of `best_val_dice` (-1 before the first validation).
@@ -56,6 +57,7 @@ class RunState:
     epoch: tf.Variable
     step_in_epoch: tf.Variable
     global_step: tf.Variable
+    epoch_loss_sum: tf.Variable
     stage: tf.Variable
     best_val_dice: tf.Variable
     best_epoch: tf.Variable
@@ -70,6 +72,7 @@ class RunState:
             epoch=counter("epoch"),
             step_in_epoch=counter("step_in_epoch"),
             global_step=counter("global_step"),
+            epoch_loss_sum=tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum"),
             stage=counter("stage"),
             best_val_dice=tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_dice"),
             best_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch"),

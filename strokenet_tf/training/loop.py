@@ -253,10 +253,13 @@ def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state
     if verbose:
         print(f"Epoch {epoch + 1}/{curriculum.total_epochs} ({stage.name})", flush=True)
     progress.update(done)
-    losses_seen = []
+    if done == 0:
+        state.epoch_loss_sum.assign(0.0)
+    ran = False
     for images, labels in distributed:
         loss = float(step_fn(images, labels, gamma, stage.alpha, stage.dice_weight))
-        losses_seen.append(loss)
+        ran = True
+        state.epoch_loss_sum.assign_add(loss)
         state.global_step.assign_add(1)
         state.step_in_epoch.assign_add(1)
         global_step, in_epoch = int(state.global_step.numpy()), int(state.step_in_epoch.numpy())
@@ -270,9 +273,10 @@ def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state
             save_checkpoint()
         if after_step is not None:
             after_step(global_step)
-    if losses_seen:
+    if ran:  # the epoch's mean loss: the sum travels in the checkpoint, so a resumed epoch reports it whole
+        mean_loss = float(state.epoch_loss_sum.numpy()) / int(state.step_in_epoch.numpy())
         writers.scalars(writers.train, int(state.global_step.numpy()), {
-            "epoch/loss": float(np.mean(losses_seen)), "epoch/learning_rate": stage.learning_rate,
+            "epoch/loss": mean_loss, "epoch/learning_rate": stage.learning_rate,
             "epoch/stage": stage_index, "epoch/focal_gamma": gamma, "epoch/epoch": epoch + 1,
         })
 
@@ -367,6 +371,7 @@ def _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases
         if resumed_from:  # before the manager reads the index: damaged newer checkpoints are set aside
             checkpointing.settle_index(model_dir, resumed_from, config.keep_checkpoints)
         best_export.reconcile(model_dir, state, best)
+        summaries.mark_restart(model_dir, int(state.global_step.numpy()) + 1)
     manager = checkpointing.make_manager(checkpoint, checkpoint_dir, config.keep_checkpoints)
     writers = summaries.SummaryWriters(model_dir, chief)
     if not resuming:

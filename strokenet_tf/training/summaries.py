@@ -3,15 +3,21 @@
 Tags: `loss`, `learning_rate`, `stage`, `focal_gamma` per step (train); `epoch/loss` and the same per epoch;
 `dice`, `precision`, `recall` per validation (val) plus `overlay`, an axial slice of one validation case with
 the input map in grey, the label in green and the prediction in red (yellow where they agree).
+
+A resumed run re-logs the steps after its checkpoint; `mark_restart` tells TensorBoard to drop what the
+abandoned attempt logged there, so every step shows one value.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hp
 
 VAL_METRICS = ("dice", "precision", "recall")
@@ -60,6 +66,34 @@ class SummaryWriters:
         if self._is_chief:
             for writer in self._writers:
                 writer.close()
+
+
+def mark_restart(model_dir: str, step: int) -> list[str]:
+    """Writes a SessionLog START event at `step` into the train/ and val/ logs that already hold events.
+
+    TensorBoard (`purge_orphaned_data`, on by default) then discards every event of those logs at `step` or
+    later written before the marker: what a killed or rolled-back attempt logged after the checkpoint a run
+    resumes from (call it with that checkpoint's step + 1, before `SummaryWriters` opens its files). The
+    marker file is named one second in the past so that it sorts after the older event files and before the
+    writers' new ones. Returns the files written.
+    """
+    written = []
+    stamp = int(time.time()) - 1
+    for name in ("train", "val"):
+        directory = os.path.join(model_dir, name)
+        if not tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")):
+            continue
+        path = os.path.join(directory, f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.restart")
+        start = event_pb2.Event(wall_time=time.time(), step=int(step),
+                                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+        with tf.io.TFRecordWriter(path) as records:
+            records.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+            # TensorBoard takes a log's first START for the session's beginning and purges on later ones; TF2's
+            # writers write none, so the marker holds two.
+            records.write(start.SerializeToString())
+            records.write(start.SerializeToString())
+        written.append(path)
+    return written
 
 
 def flatten_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
