@@ -3,7 +3,7 @@
 `default` is the single-device default strategy; `mirrored` is synchronous data parallelism over the local
 GPUs (or, without GPUs, over the logical CPU devices made by `split_cpu`, which is how the tests run it);
 `multi_worker` is `MultiWorkerMirroredStrategy` configured from the TF_CONFIG environment variable. Only the
-chief writes summaries, config.json and best.keras; other workers write checkpoints to a scratch folder that is
+chief holds the run folder's lock (`run_lock`) and writes summaries, config.json and best.keras; other workers write checkpoints to a scratch folder that is
 deleted right after (every worker must take part in a save, see
 https://www.tensorflow.org/tutorials/distribute/multi_worker_with_ctl).
 """
