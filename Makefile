@@ -35,10 +35,10 @@ demo: install
 	$(PY) -m strokenet_tf.evaluate --model=$(DEMO_RUN)/fold0 --fold=0 --output_dir=$(DEMO_RUN)/fold0/eval_fold0 --overwrite --noprogress
 	$(PY) -m strokenet_tf.export --model_dir=$(DEMO_RUN)/fold0 --export_base=$(DEMO_RUN)/export --model_name=strokenet --version=1 --overwrite
 	$(PY) -m strokenet_tf.predict --model=$(DEMO_RUN)/fold0 --input=$(DEMO_DATA)/TESTING/case_1 --output_dir=$(DEMO_RUN)/predictions --overwrite --noprogress
-	# Ensemble path: two short folds, calibrated on their out-of-fold probabilities, exported and predicted as one model.
+	# Ensemble path: two short folds, calibrated on their out-of-fold probabilities, exported as one SavedModel, predicted with it.
 	$(PY) -m strokenet_tf.cross_validate --flagfile=experiments/ensemble_demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/cv --folds=0,1 --noverbose
-	$(PY) -m strokenet_tf.export --model_dir=$(DEMO_RUN)/cv --export_base=$(DEMO_RUN)/export --model_name=strokenet_ensemble --version=1 --overwrite
-	$(PY) -m strokenet_tf.predict --model=$(DEMO_RUN)/cv --input=$(DEMO_DATA)/TESTING --output_dir=$(DEMO_RUN)/predictions_ensemble --overwrite --noprogress
+	$(PY) -m strokenet_tf.export --model_dir=$(DEMO_RUN)/cv --export_base=$(DEMO_RUN)/export --model_name=strokenet_ensemble --version=1 --overwrite --warmup_depths=2
+	$(PY) -m strokenet_tf.predict --model=$(DEMO_RUN)/export/strokenet_ensemble/1 --input=$(DEMO_DATA)/TESTING --output_dir=$(DEMO_RUN)/predictions_ensemble --overwrite --noprogress
 
 test: install
 	$(PY) -m pytest -q tests
