@@ -210,7 +210,7 @@ def test_damaged_or_stale_best_files_are_rewritten_from_the_checkpoint(reference
         np.testing.assert_array_equal(before, after.numpy())
 
 
-def test_best_files_of_an_abandoned_attempt_are_removed_on_a_fresh_start(reference, tmp_path, caplog):
+def test_best_files_of_an_abandoned_attempt_are_moved_aside_on_a_fresh_start(reference, tmp_path, caplog):
     reference_config, _, _ = reference
     model_dir = str(tmp_path / "model")
     os.makedirs(model_dir)
@@ -219,9 +219,10 @@ def test_best_files_of_an_abandoned_attempt_are_removed_on_a_fresh_start(referen
     config = dataclasses.replace(reference_config, model_dir=model_dir)
     with caplog.at_level(logging.INFO, logger="absl"), pytest.raises(Interrupted):
         loop.train(config, after_step=interrupt_at(1))  # no checkpoint, no validation yet
-    assert any(r.getMessage().startswith("removed best.keras and best.json") for r in caplog.records)
+    assert any(r.getMessage().startswith("moved best.keras and best.json") for r in caplog.records)
     assert not os.path.exists(os.path.join(model_dir, checkpointing.BEST_MODEL_FILE))
     assert not os.path.exists(os.path.join(model_dir, checkpointing.BEST_METRICS_FILE))
+    assert sorted(os.listdir(os.path.join(model_dir, "abandoned"))) == ["best.json", "best.keras"]
 
 
 def test_loading_a_run_from_its_latest_checkpoint_skips_a_damaged_one(reference, tmp_path, caplog):

@@ -6,8 +6,9 @@ a damaged checkpoint forces a resume from an earlier one. A run resumed from ste
 written after S (by the attempt that died) or none at all for its best epoch. So the weights of the best
 validation are also kept in the checkpoint (`BestWeights`, one copy of the model's weights), and on every
 start `reconcile` makes the files agree with the restored state: rewritten from those weights when best.json
-names another epoch or step or its SHA-256 does not match best.keras, removed when the restored run has not
-validated yet. A resumed run thus never keeps a best.json pointing at a model the abandoned attempt wrote.
+names another epoch or step or its SHA-256 does not match best.keras, moved to MODEL_DIR/abandoned/ when the
+restored run has not validated yet. A resumed run thus never keeps a best.json pointing at a model the
+abandoned attempt wrote.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from absl import logging
 
 from strokenet_tf.training import checkpointing
 
+ABANDONED_SUBDIR = "abandoned"  # best files of an attempt the run rolled back past, kept for inspection
 
 class BestWeights:
     """A copy of `model.weights` at the best validation so far; create it under the strategy's scope.
@@ -74,10 +76,12 @@ def reconcile(model_dir: str, state: checkpointing.RunState, best: BestWeights) 
         present = [path for path in (model_path, record_path) if os.path.exists(path)]
         if not present:
             return None
+        aside = os.path.join(model_dir, ABANDONED_SUBDIR)
+        os.makedirs(aside, exist_ok=True)
         for path in present:
-            os.remove(path)
-        line = (f"removed {' and '.join(os.path.basename(p) for p in present)} from {model_dir}: written after the "
-                f"checkpoint this run resumes from (or by an earlier run), before any validation of this one")
+            os.replace(path, os.path.join(aside, os.path.basename(path)))
+        line = (f"moved {' and '.join(os.path.basename(p) for p in present)} of {model_dir} to {aside}: written "
+                f"after the checkpoint this run resumes from (or by an earlier run), before any validation of this one")
     elif best_step < 0:  # a checkpoint from before the best weights were kept: nothing to rewrite from
         return None
     elif _matches(model_dir, record, state):
