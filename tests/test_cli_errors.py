@@ -50,6 +50,7 @@ TRAIN, CV, SYN, BASE = "strokenet_tf.train", "strokenet_tf.cross_validate", "str
 EVAL, PRED, EXP, CLIENT = "strokenet_tf.evaluate", "strokenet_tf.predict", "strokenet_tf.export", \
     "strokenet_tf.serving_client"
 BENCH, BENCH_PIPE = "strokenet_tf.benchmarks", "strokenet_tf.benchmarks.pipeline"
+CALIB, LOCO = "strokenet_tf.data.calibrate", "strokenet_tf.benchmarks.generalisation"
 TRAIN_OK = ("--data_dir={data}", "--epochs=1", "--tiny_model", "--num_folds=3")
 
 CHECKS = [
@@ -79,6 +80,22 @@ CHECKS = [
     _c("synth-foreign-folder", SYN, ["--output_dir={foreign}", "--num_cases=1", "--size=16", "--depths=2",
                                      "--no_pwi"], "refusing to replace", "case_1"),
     _c("synth-positional", SYN, ["--output_dir={tmp}/s3", "extra"], "unexpected arguments: extra"),
+    _c("synth-unknown-centre", SYN, ["--output_dir={tmp}/s4", "--centres=centre_7", "--num_cases=1"], "--centres",
+       "centre_7"),
+    _c("synth-unknown-lesion-type", SYN, ["--output_dir={tmp}/s5", "--lesion_types=mca,stroke", "--num_cases=1"],
+       "--lesion_types", "stroke"),
+    _c("synth-bad-workers", SYN, ["--output_dir={tmp}/s6", "--workers=0"], "--workers", absl=True),
+    # --- data.calibrate
+    _c("calibrate-missing-required", CALIB, [], "--data_dir", absl=True),
+    _c("calibrate-no-data-dir", CALIB, ["--data_dir={missing}"], "--data_dir={missing}", "not a folder"),
+    _c("calibrate-too-few-cases", CALIB, ["--data_dir={data}", "--num_folds=5"], "--num_folds=5", "3 labelled cases"),
+    _c("calibrate-positional", CALIB, ["--data_dir={data}", "x"], "unexpected arguments: x"),
+    # --- benchmarks.generalisation
+    _c("loco-missing-required", LOCO, [], "--pool_dir", "--test_dir", "--work_dir", absl=True),
+    _c("loco-no-pool", LOCO, ["--pool_dir={missing}", "--test_dir={data}", "--work_dir={tmp}/l0"], "--pool_dir",
+       "{missing}"),
+    _c("loco-no-recipe", LOCO, ["--pool_dir={data}", "--test_dir={data}", "--work_dir={tmp}/l1",
+                                "--recipe={missing}.flags"], "--recipe", "{missing}.flags"),
     # --- baselines
     _c("baselines-missing-required", BASE, [], "--model_dir", absl=True),
     _c("baselines-no-run", BASE, ["--model_dir={missing}"], "--model_dir={missing}", "not a training run"),
