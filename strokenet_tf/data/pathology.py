@@ -138,12 +138,13 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
         focus = _lesion(rng, atlas, seed_weight, core_mm, core_ratio, roughness + 0.1)
         if clip is not None:
             region, focus = region * clip, focus * clip
-        hypo, core = np.maximum(hypo, np.maximum(region, focus)), np.maximum(core, focus)  # the core is hypoperfused too
+        # The core is hypoperfused too, though not always the latest part of the territory.
+        hypo, core = np.maximum(hypo, np.maximum(region, 0.55 * focus)), np.maximum(core, focus)
 
     if kind in ("mca", "aca", "pca"):
         territory = atlas["territories"][kind] * hemisphere
         clip = np.clip(territory * 1.5, 0, 1) * (territory > 0.2)
-        add(territory * tissue, float(np.exp(rng.normal(np.log(24.0), 0.45))), rng.uniform(1.3, 2.4),
+        add(territory * tissue, float(np.exp(rng.normal(np.log(26.0), 0.45))), rng.uniform(1.5, 3.0),
             rng.uniform(1.3, 2.0), 0.3, clip)
     elif kind == "lacune":
         add(atlas["deep"] * hemisphere, rng.uniform(5.0, 12.0), rng.uniform(1.0, 1.6), rng.uniform(1.2, 1.6), 0.2)
@@ -161,7 +162,7 @@ def make_pathology(rng: np.random.Generator, lesion_types: Sequence[str] | None 
 
     # The DWI label: the core grown into the hypoperfused tissue (more where Tmax is longer), or after early
     # reperfusion smaller than the CT core.
-    reperfused = rng.random() < 0.2
+    reperfused = rng.random() < 0.3
     if reperfused:
         growth = -rng.uniform(0.04, 0.2) * np.ones(shape, np.float32)
     else:
