@@ -140,12 +140,36 @@ def evaluate_threshold_baseline(train_cases: Sequence, val_cases: Sequence, chan
     }
 
 
+def score_held_out(rule: ThresholdRule, cases: Sequence, channels: Sequence[str]) -> dict:
+    """The fitted rule and the RAPID-like rule on held-out labelled `isles.Case`s (raw maps, as stored)."""
+    from strokenet_tf.data import isles, preprocess
+
+    channels = list(channels)
+    rule_dice, rapid_dice = [], []
+    for case in cases:
+        prepared = preprocess.prepare_case(case, channels)
+        rule_dice.append(float(metrics.dice(rule.apply(prepared.image, channels), case.label)))
+        if isles.CBF in case.channels and isles.TMAX in case.channels:
+            stored = list(case.channels)
+            maps = [case.image[..., stored.index(m)] for m in isles.PERFUSION_MAPS if m in stored]
+            core = rapid_core(case.image[..., stored.index(isles.CBF)], case.image[..., stored.index(isles.TMAX)],
+                              np.sum(maps, axis=0) > 0)
+            rapid_dice.append(float(metrics.dice(core, case.label)))
+    summary = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,  # noqa: E731
+                         "n": len(v)} if v else None
+    return {"rule_dice": summary(rule_dice), "rapid_dice": summary(rapid_dice)}
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines the command's flags (by `__main__` only, so importing this module defines none)."""
     flags.DEFINE_string("model_dir", None, "Training run folder: its config.json names the data, fold and channels.",
                         flag_values=flag_values)
     flags.DEFINE_string("output", None, "Optional JSON file for the result (default: "
                         "MODEL_DIR/threshold_baseline.json).", flag_values=flag_values)
+    flags.DEFINE_string("eval_data_dir", None, "Optional root of held-out labelled cases: the fitted rule and the "
+                        "RAPID-like rule are scored on them too.", flag_values=flag_values)
+    flags.DEFINE_string("eval_split", "TRAINING", "Split folder of --eval_data_dir (labelled cases).",
+                        flag_values=flag_values)
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
 
 
@@ -169,6 +193,15 @@ def main(argv):
     except (ConfigError, ValueError, isles.IslesFormatError) as error:
         cli.fail(TOOL, f"{config_path}: {error}")
     result = evaluate_threshold_baseline(train_cases, val_cases, config.channels)
+    held_out_dir = flags.FLAGS.eval_data_dir
+    if held_out_dir:
+        try:
+            held_out = isles.load_cases(held_out_dir, channels=config.channels, split=flags.FLAGS.eval_split,
+                                        require_label=True)
+        except (ValueError, isles.IslesFormatError) as error:
+            cli.fail(TOOL, f"--eval_data_dir={held_out_dir}: {cli.first_line(str(error))}")
+        rule = ThresholdRule(result["channel"], result["direction"], result["threshold"], result["train_dice"])
+        result["held_out"] = {"data_dir": os.path.abspath(held_out_dir), **score_held_out(rule, held_out, config.channels)}
     try:
         atomic.atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     except OSError as error:
@@ -176,6 +209,10 @@ def main(argv):
     print(f"Best single-map threshold on fold {config.fold} ({len(train_cases)} training cases): {result['rule']}; "
           f"training Dice {result['train_dice']:.4f}, validation Dice {result['val_dice']:.4f} "
           f"({len(val_cases)} cases). Written to {output}")
+    for name, scores in result.get("held_out", {}).items():
+        if isinstance(scores, dict) and scores.get("n"):
+            print(f"Held out ({held_out_dir}, {scores['n']} cases): {name.replace('_dice', '')} Dice "
+                  f"{scores['mean']:.4f} +- {scores['std']:.4f}")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,18 @@ def test_report_on_a_small_generated_set(tmp_path):
     assert report["lesion_ml"]["min"] > 0
     text = calibrate.format_report(report)
     assert "RAPID-like rule" in text and "15.2" in text and "centre_1" in text
+
+
+def test_held_out_scoring_of_the_fitted_and_rapid_rules(tmp_path):
+    from strokenet_tf.data import isles
+
+    synthesize.write_dataset(tmp_path, 2, seed=6, size=32, depths=(2,), with_pwi=False)
+    cases = isles.load_cases(tmp_path, split="TRAINING", require_label=True)
+    rule = baselines.ThresholdRule(isles.TMAX, "above", 0.5, 0.0)
+    scores = baselines.score_held_out(rule, cases, cases[0].channels)
+    assert scores["rule_dice"]["n"] == 2 and scores["rapid_dice"]["n"] == 2
+    from strokenet_tf import metrics
+    from strokenet_tf.data import preprocess
+
+    expected = np.mean([metrics.dice(rule.apply(preprocess.prepare_case(c).image, c.channels), c.label) for c in cases])
+    assert scores["rule_dice"]["mean"] == expected
