@@ -38,6 +38,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_integer("timing_depth", 16, "Slices of the timing slab.", **fv)
     flags.DEFINE_integer("timing_repeats", 5, "Timed calls (median) after one warm-up call.", **fv)
     flags.DEFINE_boolean("timing_only", False, "Only the seconds per slab (no scoring; --data_dir unused).", **fv)
+    flags.DEFINE_integer("interleaved_rounds", 0, "With --timing_only: load every variant first, then time them in "
+                         "this many rounds of one call each (load drift on shared cores hits all alike).", **fv)
     flags.mark_flags_as_required(["cv_dir", "data_dir"], flag_values=flag_values)
 
 
@@ -133,8 +135,30 @@ def time_variant(segmenter, depth: int, repeats: int) -> dict:
     return {"depth": depth, **timing}
 
 
+def time_interleaved(segmenters: dict, depth: int, rounds: int) -> dict:
+    """Seconds of `segment` per variant, one call each per round after one warm-up call: min and median."""
+    import tensorflow as tf
+
+    from strokenet_tf.benchmarks import inference as inference_benchmark
+
+    first = next(iter(segmenters.values()))
+    image = tf.constant(inference_benchmark.synthetic_slab(depth, 256, first.channels)[np.newaxis])
+    for segmenter in segmenters.values():
+        segmenter.segment(image)["mask"].numpy()
+    seconds = {key: [] for key in segmenters}
+    loads = []
+    for _ in range(rounds):
+        for key, segmenter in segmenters.items():
+            start = time.perf_counter()
+            segmenter.segment(image)["mask"].numpy()
+            seconds[key].append(time.perf_counter() - start)
+        loads.append(os.getloadavg()[0])
+    return {"rounds": rounds, "depth": depth, "load_average_1min": loads,
+            "variants": {key: {"min_s": min(v), "median_s": float(np.median(v))} for key, v in seconds.items()}}
+
+
 def run(cv_dir: str, data_dir: str, variants: Sequence[str], precisions: Sequence[str], depth: int,
-        repeats: int, timing_only: bool = False) -> dict:
+        repeats: int, timing_only: bool = False, interleaved_rounds: int = 0) -> dict:
     from strokenet_tf import calibration, ensemble
     from strokenet_tf.benchmarks import machine
     from strokenet_tf.data import isles
@@ -144,6 +168,13 @@ def run(cv_dir: str, data_dir: str, variants: Sequence[str], precisions: Sequenc
     results = {"cv_dir": os.path.abspath(cv_dir), "data_dir": os.path.abspath(data_dir), "n_cases": len(case_dirs),
                "best_fold": ensemble.best_fold(cv_dir), "cpu": machine.cpu_peak().get("model_name"),
                "cpu_bf16": ensemble.cpu_has_bf16(), "environment": machine.environment(), "variants": {}}
+    if timing_only and interleaved_rounds > 0:
+        segmenters = {f"{name}/{precision}": _variant(name, cv_dir, precision) for precision in precisions
+                      for name in variants if precision != "bfloat16" or ensemble.cpu_has_bf16()}
+        results["interleaved"] = time_interleaved(segmenters, depth, interleaved_rounds)
+        for key, timing in results["interleaved"]["variants"].items():
+            print(f"{key}: {timing['min_s']:.3f} s/slab fastest, {timing['median_s']:.3f} median", flush=True)
+        return results
     for precision in precisions:
         if precision == "bfloat16" and not ensemble.cpu_has_bf16():
             continue
@@ -182,7 +213,7 @@ def main(argv: Sequence[str]) -> None:
 
     cli.reject_arguments("strokenet_tf.benchmarks.ensemble", argv)
     results = run(FLAGS.cv_dir, FLAGS.data_dir, FLAGS.variants, FLAGS.precisions, FLAGS.timing_depth,
-                  FLAGS.timing_repeats, FLAGS.timing_only)
+                  FLAGS.timing_repeats, FLAGS.timing_only, FLAGS.interleaved_rounds)
     if FLAGS.output:
         from strokenet_tf import evaluation
 
