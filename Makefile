@@ -24,10 +24,10 @@ install: $(VENV)/.installed-$(TF_EXTRA)
 
 demo: install
 	# Brain-template CT perfusion simulator: training cases without the 4D series (the model reads the maps), test
-	# cases with it (predict can make the maps from it); the calibration table compares the data's difficulty with ISLES 2018.
+	# cases with it (predict can make the maps from it); the difficulty table compares the data's difficulty with ISLES 2018.
 	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 24 --seed 0 --split TRAINING --no_pwi --workers 2
 	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 2 --seed 1 --split TESTING --workers 2
-	$(PY) -m strokenet_tf.data.calibrate --data_dir $(DEMO_DATA) --output $(DEMO_DATA)/calibration.json
+	$(PY) -m strokenet_tf.data.difficulty --data_dir $(DEMO_DATA) --output $(DEMO_DATA)/difficulty.json
 	$(PY) -m strokenet_tf.benchmarks.pipeline --data_dir $(DEMO_DATA) --num_batches 4
 	$(PY) -m strokenet_tf.train --flagfile=experiments/demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/fold0
 	$(PY) -m strokenet_tf.benchmarks --quick --run_dir $(DEMO_RUN)/fold0

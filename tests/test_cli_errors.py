@@ -50,7 +50,7 @@ TRAIN, CV, SYN, BASE = "strokenet_tf.train", "strokenet_tf.cross_validate", "str
 EVAL, PRED, EXP, CLIENT = "strokenet_tf.evaluate", "strokenet_tf.predict", "strokenet_tf.export", \
     "strokenet_tf.serving_client"
 BENCH, BENCH_PIPE = "strokenet_tf.benchmarks", "strokenet_tf.benchmarks.pipeline"
-CALIB, LOCO = "strokenet_tf.data.calibrate", "strokenet_tf.benchmarks.generalisation"
+DIFF, LOCO = "strokenet_tf.data.difficulty", "strokenet_tf.benchmarks.generalisation"
 TRAIN_OK = ("--data_dir={data}", "--epochs=1", "--tiny_model", "--num_folds=3")
 
 CHECKS = [
@@ -85,11 +85,11 @@ CHECKS = [
     _c("synth-unknown-lesion-type", SYN, ["--output_dir={tmp}/s5", "--lesion_types=mca,stroke", "--num_cases=1"],
        "--lesion_types", "stroke"),
     _c("synth-bad-workers", SYN, ["--output_dir={tmp}/s6", "--workers=0"], "--workers", absl=True),
-    # --- data.calibrate
-    _c("calibrate-missing-required", CALIB, [], "--data_dir", absl=True),
-    _c("calibrate-no-data-dir", CALIB, ["--data_dir={missing}"], "--data_dir={missing}", "not a folder"),
-    _c("calibrate-too-few-cases", CALIB, ["--data_dir={data}", "--num_folds=5"], "--num_folds=5", "3 labelled cases"),
-    _c("calibrate-positional", CALIB, ["--data_dir={data}", "x"], "unexpected arguments: x"),
+    # --- data.difficulty
+    _c("difficulty-missing-required", DIFF, [], "--data_dir", absl=True),
+    _c("difficulty-no-data-dir", DIFF, ["--data_dir={missing}"], "--data_dir={missing}", "not a folder"),
+    _c("difficulty-too-few-cases", DIFF, ["--data_dir={data}", "--num_folds=5"], "--num_folds=5", "3 labelled cases"),
+    _c("difficulty-positional", DIFF, ["--data_dir={data}", "x"], "unexpected arguments: x"),
     # --- benchmarks.generalisation
     _c("loco-missing-required", LOCO, [], "--pool_dir", "--test_dir", "--work_dir", absl=True),
     _c("loco-no-pool", LOCO, ["--pool_dir={missing}", "--test_dir={data}", "--work_dir={tmp}/l0"], "--pool_dir",

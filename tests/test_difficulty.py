@@ -1,11 +1,11 @@
-"""Tests for strokenet_tf.data.calibrate and baselines.rapid_core."""
+"""Tests for strokenet_tf.data.difficulty and baselines.rapid_core."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from strokenet_tf import baselines
-from strokenet_tf.data import calibrate, synthesize
+from strokenet_tf.data import difficulty, synthesize
 
 
 def test_rapid_core_on_hand_made_maps():
@@ -24,7 +24,7 @@ def test_rapid_core_on_hand_made_maps():
 
 def test_report_on_a_small_generated_set(tmp_path):
     synthesize.write_dataset(tmp_path, 6, seed=2, size=48, depths=(4, 8), with_pwi=False, centres=("centre_1", "centre_3"))
-    report = calibrate.calibration_report(str(tmp_path), num_folds=3)
+    report = difficulty.difficulty_report(str(tmp_path), num_folds=3)
     assert report["num_cases"] == 6 and set(report["per_case"]) == {f"case_{k}" for k in range(1, 7)}
     assert sum(report["depth_mix"].values()) == 6 and set(report["depth_mix"]) <= {4, 8}
     assert set(report["by_centre"]) <= {"centre_1", "centre_3"}
@@ -32,7 +32,7 @@ def test_report_on_a_small_generated_set(tmp_path):
         assert 0.0 <= report[key]["mean"] <= 1.0 and report[key]["n"] == 6
     assert all(0.0 <= case["threshold_dice"] <= 1.0 for case in report["per_case"].values())
     assert report["lesion_ml"]["min"] > 0
-    text = calibrate.format_report(report)
+    text = difficulty.format_report(report)
     assert "RAPID-like rule" in text and "15.2" in text and "centre_1" in text
 
 

@@ -9,7 +9,7 @@ there, so this command reports, over a data set with labels:
       each case is scored by the rule fitted on the other folds, so no case scores a rule it helped choose.
 
 Usage:
-    python -m strokenet_tf.data.calibrate --data_dir demo_data [--output demo_data/calibration.json]
+    python -m strokenet_tf.data.difficulty --data_dir demo_data [--output demo_data/difficulty.json]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from absl import app, flags
 
 from strokenet_tf import cli
 
-TOOL = "strokenet_tf.data.calibrate"
+TOOL = "strokenet_tf.data.difficulty"
 ISLES_REFERENCE = {"median_lesion_ml": 15.2, "threshold_dice": (0.25, 0.35), "best_networks_dice": (0.51, 0.58)}
 
 
@@ -35,7 +35,7 @@ def _stats(values: Sequence[float]) -> dict:
             "q75": float(np.percentile(values, 75)), "min": float(values.min()), "max": float(values.max())}
 
 
-def calibration_report(data_dir: str, split: str = "TRAINING", num_folds: int = 5, seed: int = 0) -> dict:
+def difficulty_report(data_dir: str, split: str = "TRAINING", num_folds: int = 5, seed: int = 0) -> dict:
     """Reads every labelled case under data_dir/split and computes the report (see the module docstring)."""
     from strokenet_tf import baselines, metrics
     from strokenet_tf.data import folds, isles, preprocess
@@ -135,7 +135,7 @@ def main(argv: Sequence[str]) -> None:
     if not os.path.isdir(config.data_dir):
         cli.fail(TOOL, f"--data_dir={config.data_dir}: not a folder")
     try:
-        report = calibration_report(config.data_dir, config.split, config.num_folds, config.seed)
+        report = difficulty_report(config.data_dir, config.split, config.num_folds, config.seed)
     except (ValueError, isles.IslesFormatError) as error:
         cli.fail(TOOL, cli.first_line(str(error)))
     print(format_report(report))
