@@ -53,13 +53,17 @@ def test_slab_geometry_and_head():
 
 @pytest.mark.parametrize("kind", pathology.LESION_TYPE_NAMES)
 def test_each_lesion_type_has_a_core_inside_its_hypoperfusion(kind):
-    case = pathology.make_pathology(np.random.default_rng(2), lesion_types=(kind,), step=pathology.COARSE_STEP_MM)
-    assert case["params"]["lesion_type"] == kind
-    channels = dict(zip(pathology.CHANNELS, np.moveaxis(case["stack"], -1, 0)))
-    core = channels["core"] > pathology.CORE_SEVERITY
-    assert core.any()
-    assert np.median(channels["hypo"][core]) > 0.3  # the core lies in the hypoperfused tissue
-    assert (case["label"] >= 0).all() and (case["label"] <= 1).all()
+    with_core = 0
+    for seed in range(3):
+        case = pathology.make_pathology(np.random.default_rng(seed), lesion_types=(kind,), step=pathology.COARSE_STEP_MM)
+        assert case["params"]["lesion_type"] == kind
+        channels = dict(zip(pathology.CHANNELS, np.moveaxis(case["stack"], -1, 0)))
+        core = channels["core"] > pathology.CORE_SEVERITY
+        assert (case["label"] >= 0).all() and (case["label"] <= 1).all()
+        if core.any():  # a territory's edge can keep a draw's core below the threshold (simulate draws again)
+            with_core += 1
+            assert np.median(channels["hypo"][core]) > 0.3  # the core lies in the hypoperfused tissue
+    assert with_core >= 2
 
 
 def test_physiology_core_has_low_flow_and_hypoperfusion_is_late():
