@@ -17,6 +17,7 @@ SIGKILLs itself from a hook at the chosen point (or from a watcher thread), so n
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -62,13 +63,13 @@ EXPORT_KILLS = {
 }
 EXPORT_RANDOM_KILLS = 2
 PREDICT_RANDOM_KILLS = 2
-# point -> hook. Outputs in order: case_1 mask, probability, montage, report; case_2 mask, ...
+# point -> hook. Outputs in order: case_1 mask, probability, uncertainty, montage, report; case_2 mask, ...
 PREDICT_KILLS = {
     "mid_nifti": ("import nibabel\n_real_save, _calls = nibabel.save, []\n\n"
                   "def _save(image, filename):\n"
                   "    _calls.append(filename)\n"
                   "    _real_save(image, filename)\n"
-                  "    if len(_calls) == 3:  # case_2's mask: leave half of it in the temporary file\n"
+                  "    if len(_calls) == 4:  # case_2's mask: leave half of it in the temporary file\n"
                   "        data = open(filename, 'rb').read()\n"
                   "        open(filename, 'wb').write(data[: len(data) // 2])\n"
                   "        _die()\n\n"
@@ -132,8 +133,8 @@ def _export_jobs(setting, prefix: str, with_hooks: bool) -> list[fork_runner.Job
 
 def _predict_jobs(setting, prefix: str, with_hooks: bool) -> list[fork_runner.Job]:
     points = list(PREDICT_KILLS.items())
-    for k in range(PREDICT_RANDOM_KILLS):  # 3 cases x 4 outputs, each written as a temporary file and renamed
-        points.append((f"random_{k}", _watcher(100 + k, setting["root"] / "predictions" / f"random_{k}", "", 12)))
+    for k in range(PREDICT_RANDOM_KILLS):  # 3 cases x 5 outputs, each written as a temporary file and renamed
+        points.append((f"random_{k}", _watcher(100 + k, setting["root"] / "predictions" / f"random_{k}", "", 15)))
     return [fork_runner.Job(f"{prefix}-predict-{name}", "strokenet_tf.predict",
                             [f"--model={setting['run']}", f"--input={setting['data']}",
                              f"--output_dir={setting['root'] / 'predictions' / name}", "--save_probabilities",
@@ -186,7 +187,8 @@ def _version_state(model_base: pathlib.Path, reference: str) -> dict:
 
 
 def _complete(path: pathlib.Path) -> bool:
-    """A finished output: the NIfTI decodes to its last voxel, the JSON parses, the PNG ends with IEND."""
+    """A finished output: the NIfTI decodes to its last voxel, the JSON parses, the PNG ends with IEND, the batch
+    CSV has its header and one row per case (3)."""
     try:
         if path.name.endswith(".nii.gz"):
             data = np.asarray(nib.load(path).dataobj)
@@ -196,6 +198,9 @@ def _complete(path: pathlib.Path) -> bool:
         if path.suffix == ".png":
             content = path.read_bytes()
             return content.startswith(b"\x89PNG") and content.endswith(b"IEND\xaeB`\x82")
+        if path.suffix == ".csv":
+            rows = list(csv.DictReader(path.read_text().splitlines()))
+            return len(rows) == 3 and all(row.get("case_id") for row in rows)
     except Exception:  # any failure to decode is an incomplete file
         return False
     return False
