@@ -143,7 +143,7 @@ def tissue_curves(aif, frame_interval_s: float, cbf, mtt_s, delay_s=0.0, dispers
         dispersed = beta > 1e-6
         curves = _exponential_response(aif, frame_interval_s, mtt, delay)
         if np.any(dispersed):
-            safe_beta = np.where(dispersed, beta, 1.0)
+            safe_beta = np.where(dispersed, beta, 0.5 * mtt)  # any value off mtt: these rows are not used
             fast = _exponential_response(aif, frame_interval_s, safe_beta, delay)
             gain = (mtt / (mtt - safe_beta))[:, None]
             curves = np.where(dispersed[:, None], gain * (curves - fast), curves)
