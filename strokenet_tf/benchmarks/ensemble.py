@@ -115,8 +115,9 @@ def _true_maps(case_dir) -> dict | None:
     import nibabel as nib
 
     from strokenet_tf.data import isles
+    from strokenet_tf.data.synthesize import TRUTH_FOLDER
 
-    folder = os.path.join(str(case_dir), ".truth")
+    folder = os.path.join(str(case_dir), TRUTH_FOLDER)
     paths = {name: os.path.join(folder, f"{name}.nii.gz") for name in ("tmax", "core")}
     if not all(os.path.isfile(path) for path in paths.values()):
         return None

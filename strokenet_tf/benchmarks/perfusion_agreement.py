@@ -27,12 +27,12 @@ from scipy import ndimage, stats
 from absl import app, flags
 
 from strokenet_tf.data import isles, time_series
+from strokenet_tf.data.synthesize import TRUTH_FOLDER
 from strokenet_tf.perfusion import deconvolution
 
 FLAGS = flags.FLAGS
 TOOL = "strokenet_tf.benchmarks.perfusion_agreement"
 MAPS = {"cbf": isles.CBF, "cbv": isles.CBV, "mtt": isles.MTT, "tmax": isles.TMAX}
-TRUTH_FOLDER = ".truth"
 VESSEL_MAX = 0.05
 
 
