@@ -51,3 +51,17 @@ def os_error_line(error: OSError, path: str | os.PathLike | None = None) -> str:
     where = error.filename if error.filename is not None else path
     reason = error.strerror or str(error) or type(error).__name__
     return f"{where}: {reason}" if where is not None else reason
+
+
+def define_model_flags(flag_values) -> None:
+    """The flags of the tools that load a model for inference (evaluate, predict): one definition for both."""
+    from absl import flags
+
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model", None, "Training run folder, .keras file, cross_validate folder or run folders "
+                        "separated by commas (one ensemble), or exported SavedModel version folder.", **fv)
+    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
+                      "ensemble, off for a single run; an export fixes its own).", **fv)
+    flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "mixed_float16"], "Compute dtype of "
+                      "the network (auto: float32 for a single run; for an ensemble bfloat16 on a CPU with "
+                      "AVX512_BF16/AMX, mixed_float16 on a GPU).", **fv)

@@ -27,13 +27,7 @@ TOOL = "strokenet_tf.evaluate"
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the evaluator's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("model", None, "Training run folder, .keras file, cross_validate folder or run folders "
-                        "separated by commas (one ensemble), or exported SavedModel version folder.", **fv)
-    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
-                      "ensemble, off for a single run; an export fixes its own).", **fv)
-    flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "mixed_float16"], "Compute dtype of "
-                      "the network (auto: float32 for a single run; for an ensemble bfloat16 on a CPU with "
-                      "AVX512_BF16/AMX, mixed_float16 on a GPU).", **fv)
+    cli.define_model_flags(flag_values)
     flags.DEFINE_enum("model_source", "best", ["best", "latest"], "For a run folder: best.keras or the newest "
                       "training checkpoint.", **fv)
     flags.DEFINE_float("threshold", None, "Mask = probability >= threshold (default 0.5; an export fixes its own).",

@@ -39,3 +39,23 @@ def write_run(model: keras.Model, model_dir: str, mixed_precision: bool = False)
     checkpointing.check_or_write_config(model_dir, config.to_dict(), (), write=True)
     checkpointing.save_best_model(model, model_dir, epoch=2, metrics=BEST_METRICS)
     return model_dir
+
+
+def write_cv_folder(root: str, seeds=(3, 4), calibration: dict | None = None) -> str:
+    """A cross_validate folder as it leaves it: fold_K runs with a finished evaluation, and optionally the
+    ensemble's calibration.json."""
+    import json
+    import os
+
+    from strokenet_tf import calibration as calibration_lib, ensemble
+
+    for fold, seed in enumerate(seeds):
+        fold_dir = os.path.join(root, f"fold_{fold}")
+        write_run(tiny_model(seed), fold_dir)
+        os.makedirs(os.path.join(fold_dir, "evaluation"))
+        with open(os.path.join(fold_dir, ensemble.EVAL_SUMMARY), "w") as stream:
+            json.dump({"metrics": {}}, stream)
+    if calibration is not None:
+        with open(os.path.join(root, calibration_lib.CALIBRATION_FILE), "w") as stream:
+            json.dump({"calibration": calibration}, stream)
+    return root

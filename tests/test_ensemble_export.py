@@ -9,22 +9,14 @@ import tensorflow as tf
 from absl import flags
 
 import serving_fixtures
-from strokenet_tf import calibration, ensemble, export, inference
+from strokenet_tf import ensemble, export, inference
 from strokenet_tf.serving import export_lib, metadata as metadata_lib, signatures
 
 
 @pytest.fixture(scope="module")
 def cv_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cv"))
-    for fold, seed in enumerate((3, 4)):
-        fold_dir = os.path.join(root, f"fold_{fold}")
-        serving_fixtures.write_run(serving_fixtures.tiny_model(seed), fold_dir)
-        os.makedirs(os.path.join(fold_dir, "evaluation"))
-        with open(os.path.join(fold_dir, ensemble.EVAL_SUMMARY), "w") as stream:
-            json.dump({"metrics": {}}, stream)
-    with open(os.path.join(root, calibration.CALIBRATION_FILE), "w") as stream:
-        json.dump({"calibration": {"knots_p": [0.0, 0.5, 1.0], "knots_q": [0.0, 0.3, 0.9]}}, stream)
-    return root
+    return serving_fixtures.write_cv_folder(str(tmp_path_factory.mktemp("cv")),
+                                            calibration={"knots_p": [0.0, 0.5, 1.0], "knots_q": [0.0, 0.3, 0.9]})
 
 
 @pytest.fixture(scope="module")

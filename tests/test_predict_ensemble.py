@@ -10,7 +10,7 @@ import pytest
 
 import serving_fixtures
 from conftest import build_case
-from strokenet_tf import ensemble, inference, perfusion_report, predict, prediction
+from strokenet_tf import inference, perfusion_report, predict, prediction
 from strokenet_tf.data import isles
 
 
@@ -28,14 +28,7 @@ def _write_case(case_dir: pathlib.Path, case: isles.Case) -> None:
 
 @pytest.fixture(scope="module")
 def cv_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cv"))
-    for fold, seed in enumerate((3, 4)):
-        fold_dir = os.path.join(root, f"fold_{fold}")
-        serving_fixtures.write_run(serving_fixtures.tiny_model(seed), fold_dir)
-        os.makedirs(os.path.join(fold_dir, "evaluation"))
-        with open(os.path.join(fold_dir, ensemble.EVAL_SUMMARY), "w") as stream:
-            json.dump({"metrics": {}}, stream)
-    return root
+    return serving_fixtures.write_cv_folder(str(tmp_path_factory.mktemp("cv")))
 
 
 @pytest.fixture(scope="module")

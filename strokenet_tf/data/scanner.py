@@ -111,7 +111,7 @@ def acquire(rng: np.random.Generator, head: dict, fields: dict, centre: Centre, 
         tmax, delay: float32 maps, 0 where no tissue), "perfused" (bool: tissue carrying tracer), "aif"
         ([T] HU above baseline) and "params".
     """
-    gm, wm, csf = head["gm"], head["wm"], head["csf"]
+    gm, wm = head["gm"], head["wm"]
     shape = gm.shape
     frames = int(rng.integers(centre.frames[0], centre.frames[1] + 1))
     times = np.arange(frames, dtype=np.float32)
