@@ -181,6 +181,7 @@ def check_outputs(inputs: Sequence[CaseInput], options: OutputOptions) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise PredictError(f"--output_dir {output_dir} exists and is not a folder")
     input_files = {pathlib.Path(p).resolve() for c in inputs if c.files for p in c.files.values()}
+    case_dirs = [c.case_dir.resolve() for c in inputs if c.case_dir is not None]
     seen: dict[pathlib.Path, str] = {}
     existing = []
     for case_input in inputs:
@@ -191,6 +192,12 @@ def check_outputs(inputs: Sequence[CaseInput], options: OutputOptions) -> None:
             resolved = path.resolve()
             if resolved in input_files:
                 raise PredictError(f"output {path} would overwrite an input file")
+            # --output_dir equal to the folder holding the cases (or a case's parent) puts each case's outputs
+            # into its own input folder.
+            holder = next((d for d in case_dirs if d in resolved.parents), None)
+            if holder is not None:
+                raise PredictError(f"--output_dir {output_dir} would write {path} inside input case folder "
+                                   f"{holder}; choose a folder outside the inputs")
             if resolved in seen:
                 raise PredictError(f"cases {seen[resolved]} and {case_input.case_id} would both write {path}")
             seen[resolved] = case_input.case_id

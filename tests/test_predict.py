@@ -196,6 +196,13 @@ def test_output_inside_an_input_case_folder_is_refused(tmp_path):
     inputs = prediction.find_inputs(case_dir)
     with pytest.raises(prediction.PredictError, match="inside input case folder"):
         prediction.check_outputs(inputs, prediction.OutputOptions(str(case_dir / "predictions")))
+    # The parent of a single case, or the folder holding several, would put outputs into the case folders.
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for found in (inputs, prediction.find_inputs(tmp_path)):
+        with pytest.raises(prediction.PredictError, match=f"inside input case folder {case_dir}"):
+            prediction.check_outputs(found, prediction.OutputOptions(str(tmp_path)))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing was written
+    prediction.check_outputs(inputs, prediction.OutputOptions(str(tmp_path / "elsewhere")))  # a sibling is fine
     files = {m: str(next(case_dir.glob(f"*.O.{m}.*/*.nii"))) for m in MODALITIES}
     with pytest.raises(prediction.PredictError, match="is a file; give a case folder, or one case's maps as --ct"):
         prediction.find_inputs(files[isles.CT])
