@@ -8,7 +8,6 @@ from and how good they were when exported.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -24,14 +23,6 @@ from strokenet_tf.training import checkpointing
 FORMAT_VERSION = 1
 
 
-def _sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_id(model_path: str) -> str:
     """A stable id of a training run: `<run folder name>-<first 12 hex of sha256(config.json)>`.
 
@@ -42,8 +33,8 @@ def run_id(model_path: str) -> str:
     run_dir = path if os.path.isdir(path) else os.path.dirname(path)
     config_path = os.path.join(run_dir, checkpointing.CONFIG_FILE)
     if os.path.isfile(config_path):
-        return f"{os.path.basename(run_dir)}-{_sha256_of_file(config_path)[:12]}"
-    return f"{os.path.splitext(os.path.basename(path))[0]}-{_sha256_of_file(path)[:12]}"
+        return f"{os.path.basename(run_dir)}-{checkpointing.file_sha256(config_path)[:12]}"
+    return f"{os.path.splitext(os.path.basename(path))[0]}-{checkpointing.file_sha256(path)[:12]}"
 
 
 def _tensor_info(shape: Sequence[int | None], dtype: str) -> dict[str, Any]:
@@ -79,7 +70,7 @@ def ensemble_summary(segmenter: inference.Segmenter) -> dict[str, Any]:
         "n_members": len(members),
         "members": [{"run_id": run_id(path), "run_dir": os.path.abspath(path),
                      "source_checkpoint": os.path.abspath(member.source),
-                     "source_sha256": _sha256_of_file(member.source) if os.path.isfile(member.source) else None,
+                     "source_sha256": checkpointing.file_sha256(member.source) if os.path.isfile(member.source) else None,
                      "best_record": dict(member.best_record) if member.best_record else None}
                     for member, path in zip(members, paths)],
         "mirror": bool(segmenter.mirror),
@@ -129,7 +120,7 @@ def build_metadata(
         "run_dir": os.path.abspath(model_path),
         "model_source": model_source,
         "source_checkpoint": source,
-        "source_sha256": _sha256_of_file(source) if os.path.isfile(source) else None,
+        "source_sha256": checkpointing.file_sha256(source) if os.path.isfile(source) else None,
         "metrics": dict(trained.best_record) if (trained.best_record and is_best_file) else None,
         "run_best_record": dict(trained.best_record) if trained.best_record else None,
         # Per-layer policies: a mixed_float16 run has "mixed_float16" here (the model-level policy stays float32).
