@@ -80,6 +80,19 @@ def rapid_core(cbf: np.ndarray, tmax_s: np.ndarray, brain: np.ndarray) -> np.nda
     return (brain & (cbf < RAPID_RELATIVE_CBF * reference) & (tmax_s > RAPID_TMAX_S)).astype(np.uint8)
 
 
+def rapid_core_of_case(case) -> np.ndarray | None:
+    """`rapid_core` on an `isles.Case`'s stored maps, inside the ISLES brain mask (summed perfusion maps > 0);
+    None when the case has no CT_CBF or CT_Tmax channel."""
+    from strokenet_tf.data import isles
+
+    channels = list(case.channels)
+    if isles.CBF not in channels or isles.TMAX not in channels:
+        return None
+    maps = [case.image[..., channels.index(m)] for m in isles.PERFUSION_MAPS if m in channels]
+    return rapid_core(case.image[..., channels.index(isles.CBF)], case.image[..., channels.index(isles.TMAX)],
+                      np.sum(maps, axis=0) > 0)
+
+
 def _dice_curves(cases: Sequence, brains: Sequence[np.ndarray], index: int,
                  thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean Dice over cases of "below t" and "above t" for every t, from sorted values (no mask per threshold).
@@ -142,18 +155,15 @@ def evaluate_threshold_baseline(train_cases: Sequence, val_cases: Sequence, chan
 
 def score_held_out(rule: ThresholdRule, cases: Sequence, channels: Sequence[str]) -> dict:
     """The fitted rule and the RAPID-like rule on held-out labelled `isles.Case`s (raw maps, as stored)."""
-    from strokenet_tf.data import isles, preprocess
+    from strokenet_tf.data import preprocess
 
     channels = list(channels)
     rule_dice, rapid_dice = [], []
     for case in cases:
         prepared = preprocess.prepare_case(case, channels)
         rule_dice.append(float(metrics.dice(rule.apply(prepared.image, channels), case.label)))
-        if isles.CBF in case.channels and isles.TMAX in case.channels:
-            stored = list(case.channels)
-            maps = [case.image[..., stored.index(m)] for m in isles.PERFUSION_MAPS if m in stored]
-            core = rapid_core(case.image[..., stored.index(isles.CBF)], case.image[..., stored.index(isles.TMAX)],
-                              np.sum(maps, axis=0) > 0)
+        core = rapid_core_of_case(case)
+        if core is not None:
             rapid_dice.append(float(metrics.dice(core, case.label)))
     summary = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,  # noqa: E731
                          "n": len(v)} if v else None

@@ -68,10 +68,7 @@ def _rapid_dice(root: pathlib.Path) -> list[float]:
 
     scores = []
     for case in isles.load_cases(root, split="TRAINING", require_label=True):
-        channels = list(case.channels)
-        brain = np.sum(case.image[..., [channels.index(m) for m in isles.PERFUSION_MAPS]], axis=-1) > 0
-        mask = baselines.rapid_core(case.image[..., channels.index(isles.CBF)],
-                                    case.image[..., channels.index(isles.TMAX)], brain)
+        mask = baselines.rapid_core_of_case(case)
         scores.append(metrics.dice(mask, case.label))
     return scores
 

@@ -47,9 +47,7 @@ def difficulty_report(data_dir: str, split: str = "TRAINING", num_folds: int = 5
     per_case = {}
     for case in cases:
         spacing = case.spacing_mm
-        maps = {name: case.image[..., channels.index(name)] for name in (isles.CBF, isles.TMAX)}
-        brain = np.sum(case.image[..., [channels.index(m) for m in isles.PERFUSION_MAPS]], axis=-1) > 0
-        rapid = baselines.rapid_core(maps[isles.CBF], maps[isles.TMAX], brain)
+        rapid = baselines.rapid_core_of_case(case)
         record = _synthetic_record(case.source_files)
         per_case[case.case_id] = {
             "lesion_ml": metrics.volume_ml(case.label, spacing), "depth": int(case.image.shape[0]),
