@@ -32,11 +32,11 @@ import tensorflow as tf
 
 from strokenet_tf import cli
 from strokenet_tf.data import isles, preprocess
-from strokenet_tf.model import strokenet
+from strokenet_tf.model import postprocess, strokenet
 from strokenet_tf.training import checkpointing
 
-DEFAULT_THRESHOLD = 0.5
-"""Probability at or above which a voxel is called lesion (the same as validation during training)."""
+DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
+"""Probability at or above which a voxel is called lesion (the one constant, owned by `model.postprocess`)."""
 
 # Names of the serving contract (used by `export`, `serving_client` and the SavedModel adapter of `evaluate`).
 INPUT_KEY = "image"
@@ -267,9 +267,7 @@ class Segmenter(tf.Module, _CasePredictor):
         padded, spatial_shape = preprocess.pad_to_multiple(normalised, self.multiples)
         members = []
         for model in self.models:
-            logits = model(padded, training=False)
-            probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
-            probabilities = preprocess.crop_to_shape(probabilities, spatial_shape)[..., 0]
+            probabilities = postprocess.probabilities_from_logits(model(padded, training=False), spatial_shape)
             if self.mirror:
                 probabilities = 0.5 * (probabilities[:batch] + tf.reverse(probabilities[batch:], axis=[3]))
             members.append(probabilities)
@@ -279,11 +277,11 @@ class Segmenter(tf.Module, _CasePredictor):
         normalised = preprocess.normalize_image(image, self.channels)
         members = self._member_probabilities(normalised)
         probabilities = members[0] if len(members) == 1 else tf.add_n(members) / float(len(members))
-        mask = tf.cast(probabilities >= self.threshold, tf.uint8)
+        mask = postprocess.lesion_mask(probabilities, self.threshold)
         probabilities = self.calibration.apply(probabilities)
         p = tf.clip_by_value(probabilities, 1e-7, 1.0 - 1e-7)
         entropy_bits = -(p * tf.math.log(p) + (1.0 - p) * tf.math.log1p(-p)) / np.log(2.0)
-        member_masks = tf.stack([m >= self.threshold for m in members], axis=1)  # [b, members, d, h, w]
+        member_masks = tf.stack([postprocess.lesion_mask(m, self.threshold) > 0 for m in members], axis=1)
         return {PROBABILITIES_KEY: probabilities, MASK_KEY: mask, UNCERTAINTY_KEY: entropy_bits,
                 "member_masks": member_masks}
 

@@ -311,6 +311,31 @@ def lesion_detection(pred, truth, connectivity: int = 26, min_overlap_fraction: 
     return _lesion_detection(pred, truth, connectivity, min_overlap_fraction, empty)
 
 
+def voxel_metrics(pred, truth, empty_score="nan") -> dict[str, float]:
+    """Voxel Dice, precision and recall of one case (the overlap part of `case_metrics`, no spacing needed).
+
+    Validation during training scores these with `empty_score="zero"`: an empty prediction of a case with a
+    lesion scores precision 0, so a model that misses lesions cannot raise its mean precision by predicting
+    nothing; two empty masks score 1 on all three.
+
+    Args:
+        pred: predicted mask [depth, height, width], bool or 0/1.
+        truth: ground-truth mask, same shape.
+        empty_score: undefined precision/recall value (see the module table).
+    """
+    pred, truth = _as_pair(pred, truth)
+    return _voxel_metrics(pred, truth, _resolve_rule(empty_score, _SCORE_RULES, "empty_score"))
+
+
+def _voxel_metrics(pred: np.ndarray, truth: np.ndarray, score_empty: float) -> dict[str, float]:
+    n_pred, n_true, n_both = np.count_nonzero(pred), np.count_nonzero(truth), np.count_nonzero(pred & truth)
+    return {
+        "dice": 2.0 * n_both / (n_pred + n_true) if n_pred + n_true else 1.0,
+        "precision": _ratio(n_both, n_pred, n_true == 0, score_empty),
+        "recall": _ratio(n_both, n_true, n_pred == 0, score_empty),
+    }
+
+
 def case_metrics(pred, truth, spacing_mm, empty_score="nan", empty_distance="nan", lesion_connectivity: int = 26,
                  min_overlap_fraction: float = 0.0) -> dict[str, float]:
     """All ISLES metrics of one case, each mask converted and validated once.
@@ -332,19 +357,17 @@ def case_metrics(pred, truth, spacing_mm, empty_score="nan", empty_distance="nan
     spacing = _as_spacing(spacing_mm)
     score_empty = _resolve_rule(empty_score, _SCORE_RULES, "empty_score")
     _resolve_rule(empty_distance, _DISTANCE_RULES, "empty_distance")
-    n_pred, n_true, n_both = np.count_nonzero(pred), np.count_nonzero(truth), np.count_nonzero(pred & truth)
+    n_pred, n_true = np.count_nonzero(pred), np.count_nonzero(truth)
     voxel_ml = math.prod(spacing) / 1000.0
     hd95, hd_max = _hausdorff(pred, truth, spacing, empty_distance)
-    result = {
-        "dice": 2.0 * n_both / (n_pred + n_true) if n_pred + n_true else 1.0,
-        "precision": _ratio(n_both, n_pred, n_true == 0, score_empty),
-        "recall": _ratio(n_both, n_true, n_pred == 0, score_empty),
+    result = _voxel_metrics(pred, truth, score_empty)
+    result.update({
         "avd_ml": abs(n_pred - n_true) * voxel_ml,
         "volume_pred_ml": n_pred * voxel_ml,
         "volume_true_ml": n_true * voxel_ml,
         "hd95_mm": hd95,
         "hd_max_mm": hd_max,
-    }
+    })
     result.update(_lesion_detection(pred, truth, lesion_connectivity, min_overlap_fraction, score_empty))
     return result
 

@@ -150,11 +150,11 @@ def test_validation_pads_and_crops_back():
                         spacing_mm=(5.0, 1.0, 1.0))
     shapes = []
 
-    def predict_fn(padded):
+    def predict_fn(padded):  # padded image -> logits
         shapes.append(tuple(padded.shape))
-        probabilities = np.zeros(padded.shape[:-1] + (1,), np.float32)
-        probabilities[0, :3, :10, :12, 0] = label  # perfect prediction in the unpadded corner
-        return tf.constant(probabilities)
+        logits = np.full(padded.shape[:-1] + (1,), -20.0, np.float32)
+        logits[0, :3, :10, :12, 0] = np.where(label > 0, 20.0, -20.0)  # perfect prediction in the unpadded corner
+        return tf.constant(logits)
 
     result = validation.validate(predict_fn, [case], multiples=(2, 8, 8))
     assert shapes == [(1, 4, 16, 16, 2)]

@@ -39,7 +39,7 @@ import tensorflow as tf
 from strokenet_tf import inference
 from strokenet_tf.benchmarks import machine
 from strokenet_tf.data import isles, preprocess, synthesize
-from strokenet_tf.model import flops, strokenet
+from strokenet_tf.model import flops, postprocess, strokenet
 from strokenet_tf.training import checkpointing
 
 CPU_VARIANTS = ("keras", "function", "function_xla", "saved_model", "network", "network_xla")
@@ -162,9 +162,8 @@ class Runners:
 
     def _segment_with(self, network, image):
         spatial = tf.shape(image)[1:4]
-        logits = network(self.prepare(image))
-        probabilities = preprocess.crop_to_shape(tf.sigmoid(tf.cast(logits, tf.float32)), spatial)[..., 0]
-        return tf.cast(probabilities >= self.segmenter.threshold, tf.uint8).numpy()
+        probabilities = postprocess.probabilities_from_logits(network(self.prepare(image)), spatial)
+        return postprocess.lesion_mask(probabilities, self.segmenter.threshold).numpy()
 
 
 def benchmark_inference(

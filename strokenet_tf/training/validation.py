@@ -1,8 +1,9 @@
-"""Whole-slab validation: one forward pass per case, thresholded at 0.5, Dice / precision / recall per case.
+"""Whole-slab validation: one forward pass per case, Dice / precision / recall per case.
 
-Each slab is padded to the model's multiples with `preprocess.pad_to_multiple` and the probabilities are
-cropped back with `preprocess.crop_to_shape` (the one owner of padding), so metrics are computed on exactly
-the voxels of the case. Metrics come from `strokenet_tf.metrics` (ISLES 2018 definitions and empty-mask rule).
+Each slab is padded to the model's multiples with `preprocess.pad_to_multiple`; the logits become probabilities
+and a mask on exactly the voxels of the case through `model.postprocess` (the step after the network that
+predict, evaluate and the export share, with the same threshold). Metrics come from `strokenet_tf.metrics`
+(ISLES 2018 definitions and empty-mask rule).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import tensorflow as tf
 
 from strokenet_tf import metrics
 from strokenet_tf.data import preprocess
+from strokenet_tf.model import postprocess
 
-THRESHOLD = 0.5
 METRIC_NAMES = ("dice", "precision", "recall")
 
 
@@ -33,42 +34,26 @@ class ValidationResult:
 
 
 def make_predict_fn(model, in_channels: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """tf.function: image [1, depth, height, width, channels] -> lesion probability, same shape with 1 channel.
+    """tf.function: padded image [1, depth, height, width, channels] -> logits [1, depth, height, width, 1].
 
     Depth, height and width are dynamic in the signature, so slabs of any padded size reuse one trace.
     """
 
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, None, in_channels], tf.float32)])
     def predict(image):
-        logits = model(image, training=False)
-        return tf.sigmoid(tf.cast(logits, tf.float32))
+        return model(image, training=False)
 
     return predict
 
 
 def predict_probabilities(predict_fn, image: np.ndarray, multiples: Sequence[int]) -> np.ndarray:
     """Lesion probability float32 [depth, height, width] of one case image float32 [depth, height, width, channels]."""
-    padded, _ = preprocess.pad_to_multiple(tf.convert_to_tensor(image[np.newaxis], tf.float32), multiples)
-    probabilities = predict_fn(padded)
-    probabilities = preprocess.crop_to_shape(probabilities, image.shape[:3])
-    return np.asarray(probabilities)[0, ..., 0]
+    padded, spatial_shape = preprocess.pad_to_multiple(tf.convert_to_tensor(image[np.newaxis], tf.float32), multiples)
+    return postprocess.probabilities_from_logits(predict_fn(padded), spatial_shape).numpy()[0]
 
 
-def case_metrics(prediction: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """Dice, precision and recall of one binary prediction against its label.
-
-    An empty prediction of a case with a lesion scores precision 0 (not NaN), so a model that misses lesions
-    cannot raise its mean precision by predicting nothing; two empty masks score 1 on all three.
-    """
-    prediction, label = np.asarray(prediction, bool), np.asarray(label, bool)
-    return {
-        "dice": float(metrics.dice(prediction, label)),
-        "precision": float(metrics.precision(prediction, label, empty_score="zero")),
-        "recall": float(metrics.recall(prediction, label, empty_score="zero")),
-    }
-
-
-def validate(predict_fn, cases: Sequence, multiples: Sequence[int], threshold: float = THRESHOLD) -> ValidationResult:
+def validate(predict_fn, cases: Sequence, multiples: Sequence[int],
+             threshold: float = postprocess.DEFAULT_THRESHOLD) -> ValidationResult:
     """Runs every case through the model and averages the metrics over cases.
 
     Args:
@@ -81,9 +66,9 @@ def validate(predict_fn, cases: Sequence, multiples: Sequence[int], threshold: f
     result = ValidationResult(mean={}, per_case=per_case)
     for case in cases:
         probabilities = predict_probabilities(predict_fn, case.image, multiples)
-        prediction = (probabilities >= threshold).astype(np.uint8)
+        prediction = postprocess.lesion_mask(probabilities, threshold).numpy()
         label = np.asarray(case.label, np.uint8)
-        per_case[case.case_id] = case_metrics(prediction, label)
+        per_case[case.case_id] = metrics.voxel_metrics(prediction, label, empty_score="zero")
         # Keep the case with the largest lesion for the overlay image.
         if result.sample_label is None or label.sum() > result.sample_label.sum():
             result.sample_case_id = case.case_id
