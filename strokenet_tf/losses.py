@@ -103,13 +103,36 @@ def soft_dice_loss(labels, logits, smooth=1.0, per_sample: bool = True):
     return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
 
 
+def focal_dice_loss(labels, logits, alpha=0.25, gamma=2.0, focal_weight=1.0, dice_weight=1.0, smooth=1.0):
+    """`focal_weight * mean-over-voxels focal loss + dice_weight * soft Dice loss`, one value per example.
+
+    The one definition of the training loss: `FocalDiceLoss` calls it, and the training step calls it with
+    scalar-tensor `alpha`, `gamma` and `dice_weight` so that a curriculum changes them without retracing.
+
+    Args:
+        labels: `[batch, depth, height, width, 1]` (any `[batch, ...]`) lesion mask in [0, 1].
+        logits: same shape as `labels`; float16 logits are computed in float32.
+        alpha, gamma: as for `focal_loss`; floats or scalar tensors.
+        focal_weight, dice_weight: weights of the two terms; floats or scalar tensors.
+        smooth: soft Dice smoothing.
+
+    Returns:
+        float32 (float64 for float64 logits) loss, `[batch]`.
+    """
+    logits = _as_float(logits)
+    focal = focal_loss(labels, logits, alpha=alpha, gamma=gamma)
+    focal = tf.reduce_mean(tf.reshape(focal, [tf.shape(logits)[0], -1]), axis=1)
+    dice = soft_dice_loss(labels, logits, smooth=smooth, per_sample=True)
+    return tf.cast(focal_weight, logits.dtype) * focal + tf.cast(dice_weight, logits.dtype) * dice
+
+
 @keras.saving.register_keras_serializable(package="strokenet_tf")
 class FocalDiceLoss(keras.losses.Loss):
     """`focal_weight * mean-over-voxels focal loss + dice_weight * soft Dice loss`, per example.
 
     `call` returns one value per example (`[batch]`); the Keras `reduction` then averages over the batch
-    ("sum_over_batch_size"), so `loss(labels, logits)` is the batch mean. For a curriculum that changes gamma
-    inside a traced step, call `focal_loss` with a tensor gamma instead (as `training.loop` does).
+    ("sum_over_batch_size"), so `loss(labels, logits)` is the batch mean. `call` is `focal_dice_loss`, which the
+    training step calls directly with tensor parameters (a curriculum changes them inside a traced step).
 
     Args:
         alpha: focal lesion weight in (0, 1).
@@ -148,12 +171,8 @@ class FocalDiceLoss(keras.losses.Loss):
         self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
-        y_pred = _as_float(y_pred)
-        batch = tf.shape(y_pred)[0]
-        focal = focal_loss(y_true, y_pred, alpha=self.alpha, gamma=self.gamma)
-        focal = tf.reduce_mean(tf.reshape(focal, [batch, -1]), axis=1)
-        dice = soft_dice_loss(y_true, y_pred, smooth=self.smooth, per_sample=True)
-        return self.focal_weight * focal + self.dice_weight * dice
+        return focal_dice_loss(y_true, y_pred, alpha=self.alpha, gamma=self.gamma, focal_weight=self.focal_weight,
+                               dice_weight=self.dice_weight, smooth=self.smooth)
 
     def get_config(self):
         config = super().get_config()

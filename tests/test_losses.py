@@ -192,3 +192,22 @@ def test_focal_dice_loss_rejects_bad_parameters():
         losses.FocalDiceLoss(alpha=1.5)
     with pytest.raises(ValueError, match="gamma"):
         losses.FocalDiceLoss(gamma=-1.0)
+
+
+def test_focal_dice_loss_takes_tensor_parameters_as_the_training_step_does():
+    rng = np.random.default_rng(4)
+    labels = (rng.random((2, 2, 4, 4, 1)) > 0.5).astype(np.float32)
+    logits = rng.normal(0.0, 2.0, labels.shape).astype(np.float16)  # mixed-precision logits
+    traces = []
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.float32)] * 3)
+    def step_loss(alpha, gamma, dice_weight):
+        traces.append(1)
+        return losses.focal_dice_loss(labels, logits, alpha=alpha, gamma=gamma, dice_weight=dice_weight)
+
+    for alpha, gamma, dice_weight in ((0.3, 1.0, 0.5), (0.5, 0.0, 0.0)):
+        expected = losses.FocalDiceLoss(alpha=alpha, gamma=gamma, dice_weight=dice_weight, reduction=None)
+        got = step_loss(tf.constant(alpha), tf.constant(gamma), tf.constant(dice_weight))
+        assert got.dtype == tf.float32 and got.shape == (2,)
+        np.testing.assert_allclose(got.numpy(), expected(labels, logits).numpy(), rtol=1e-6)
+    assert len(traces) == 1

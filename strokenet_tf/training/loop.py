@@ -155,16 +155,6 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def per_example_loss(labels, logits, gamma, alpha, dice_weight):
-    """Focal loss (mean over voxels) + dice_weight * soft Dice loss, per example: float32 [batch]."""
-    labels = tf.cast(labels, tf.float32)
-    logits = tf.cast(logits, tf.float32)
-    focal = losses.focal_loss(labels, logits, alpha=alpha, gamma=gamma)
-    focal = tf.reduce_mean(tf.reshape(focal, [tf.shape(logits)[0], -1]), axis=1)
-    dice = losses.soft_dice_loss(labels, logits, per_sample=True)
-    return focal + dice_weight * dice
-
-
 class TrainStep:
     """Distributed train step, traced once per run (see the module docstring). Returns the global mean loss."""
 
@@ -185,7 +175,7 @@ class TrainStep:
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
                 loss = tf.nn.compute_average_loss(
-                    per_example_loss(labels, logits, gamma, alpha, dice_weight),
+                    losses.focal_dice_loss(labels, logits, alpha=alpha, gamma=gamma, dice_weight=dice_weight),
                     global_batch_size=self._global_batch_size,
                 )
                 if model.losses:
