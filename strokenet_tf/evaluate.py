@@ -108,7 +108,7 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
     """Scores the cases of `config` and writes the outputs.
 
     Returns:
-        (summary document as written to summary.json, list of `evaluation.CaseFailure`).
+        (summary document as written to summary.json, list of `inference.CaseFailure`).
 
     Raises:
         UsageError, evaluation.EvaluationError, inference.ModelLoadError: the run cannot start (one line).

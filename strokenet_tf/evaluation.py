@@ -28,12 +28,15 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from strokenet_tf import metrics
 from strokenet_tf.data import atomic, folds, isles
+
+if TYPE_CHECKING:
+    from strokenet_tf.inference import CaseFailure
 
 PER_CASE_FILE = "per_case.csv"
 SUMMARY_FILE = "summary.json"
@@ -62,12 +65,6 @@ class FoldSpec:
     num_folds: int
     seed: int
     patient_map: str | None = None
-
-
-@dataclasses.dataclass
-class CaseFailure:
-    case_id: str
-    message: str
 
 
 def select_case_dirs(data_dir: str, split: str | None, fold: FoldSpec | None = None) -> list[pathlib.Path]:
@@ -135,6 +132,8 @@ def evaluate_cases(segmenter, case_dirs: Sequence, rules: EmptyRules = EmptyRule
                    warn: Callable[[str], None] = lambda message: None) -> tuple[list[dict], list[CaseFailure]]:
     """Scores every case; a case that fails to read is reported through `warn`, skipped and returned."""
     import tensorflow as tf
+
+    from strokenet_tf.inference import CaseFailure  # TensorFlow loads from here on
 
     rows, failures = [], []
     for done, case_dir in enumerate(case_dirs, start=1):

@@ -61,6 +61,14 @@ class ModelLoadError(ValueError):
 
 
 @dataclasses.dataclass
+class CaseFailure:
+    """A case that predict or evaluate skipped in a batch run, with the one-line reason."""
+
+    case_id: str
+    message: str
+
+
+@dataclasses.dataclass
 class TrainedModel:
     """A trained network and what is needed to feed it raw maps.
 

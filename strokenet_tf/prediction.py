@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from strokenet_tf import ensemble, metrics, montage, perfusion_input, perfusion_report
 from strokenet_tf.inference import MASK_KEY as MASK, PROBABILITIES_KEY as PROBABILITIES, UNCERTAINTY_KEY as UNCERTAINTY
+from strokenet_tf.inference import CaseFailure
 from strokenet_tf.data import atomic, isles
 
 OUTPUT_KINDS = ("mask", "probability", "uncertainty", "montage", "report")
@@ -91,12 +92,6 @@ class OutputOptions:
     save_montage: bool = True
     montage_slices: int = montage.DEFAULT_MAX_SLICES
     overwrite: bool = False
-
-
-@dataclasses.dataclass
-class CaseFailure:
-    case_id: str
-    message: str
 
 
 def load_model(model: str, source: str = "best", threshold: float | None = None, mirror: bool | None = None,
