@@ -1,8 +1,13 @@
-"""One-line command-line errors shared by the entry points (train, evaluate, predict, export, ...).
+"""Command-line plumbing shared by the entry points (train, evaluate, predict, export, ...).
 
-Every tool reports a user error as one line on stderr, `<tool>: error: <message>`, and exits non-zero
-(2 by default) without a traceback. absl's own `app.UsageError` would print the whole flag help instead, so
-the entry points call `reject_arguments` for stray positional arguments and `fail` for everything else.
+- One-line user errors: `<tool>: error: <message>` on stderr, exit 2 (1 where a tool says so), no traceback.
+  absl's `app.UsageError` would print the whole flag help instead, so the entry points call `reject_arguments`
+  for stray positional arguments and `fail` for everything else.
+- `run(main, define_flags)` replaces `app.run`: `--help` prints the tool's usage and every flag it takes and
+  exits 0 (absl exits 1), and TensorFlow's start-up notices are kept off the terminal (`quiet_tensorflow`).
+- One definition per flag that several tools take (`define_shared`), old flag names kept as deprecated
+  aliases (`define_old_names`), and flags derived from config dataclass fields (`define_config_flags`), so a
+  default and its help live in one place, the field.
 
 Example:
     def main(argv):
@@ -11,6 +16,9 @@ Example:
             ...
         except OSError as error:
             cli.fail(TOOL, cli.os_error_line(error, FLAGS.output_dir))
+
+    if __name__ == "__main__":
+        cli.run(main, define_flags)
 """
 
 from __future__ import annotations
@@ -18,6 +26,20 @@ from __future__ import annotations
 import os
 import sys
 from typing import NoReturn, Sequence
+
+from strokenet_tf import cli_flags
+from strokenet_tf.cli_flags import (  # noqa: F401  (re-exported: the entry points' one import)
+    MODEL_SOURCES,
+    config_values,
+    define_config_flags,
+    define_old_names,
+    define_shared,
+    old_names,
+)
+from strokenet_tf.cli_startup import quiet_tensorflow  # noqa: F401
+
+HELP_ARGUMENTS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?", "--?")
+FULL_HELP_ARGUMENTS = ("--helpfull", "-helpfull")
 
 
 def fail(tool: str, message: str, code: int = 2) -> NoReturn:
@@ -43,7 +65,7 @@ def first_line(text, default: str = "") -> str:
 def reject_arguments(tool: str, argv: Sequence[str]) -> None:
     """Exits with a one-line error when `argv` (absl's leftover argv, program name first) holds arguments."""
     if len(argv) > 1:
-        fail(tool, f"unexpected arguments: {' '.join(argv[1:])} (every option is a --flag; see --helpshort)")
+        fail(tool, f"unexpected arguments: {' '.join(argv[1:])} (every option is a --flag; see --help)")
 
 
 def os_error_line(error: OSError, path: str | os.PathLike | None = None) -> str:
@@ -53,15 +75,61 @@ def os_error_line(error: OSError, path: str | os.PathLike | None = None) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
-def define_model_flags(flag_values) -> None:
-    """The flags of the tools that load a model for inference (evaluate, predict): one definition for both."""
-    from absl import flags
+def help_requested(argv: Sequence[str]) -> str | None:
+    """"short" or "full" when `argv` (program name first) asks for help before a `--`; else None."""
+    for argument in argv[1:]:
+        if argument == "--":
+            return None
+        if argument in HELP_ARGUMENTS:
+            return "short"
+        if argument in FULL_HELP_ARGUMENTS:
+            return "full"
+    return None
 
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_string("model", None, "Training run folder, .keras file, cross_validate folder or run folders "
-                        "separated by commas (one ensemble), or exported SavedModel version folder.", **fv)
-    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
-                      "ensemble, off for a single run; an export fixes its own).", **fv)
-    flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "mixed_float16"], "Compute dtype of "
-                      "the network (auto: float32 for a single run; for an ensemble bfloat16 on a CPU with "
-                      "AVX512_BF16/AMX, mixed_float16 on a GPU).", **fv)
+
+def help_text(doc: str | None, flag_values, names: Sequence[str]) -> str:
+    """The tool's docstring, then each of `names` (its own flags) with help and default, then its old names."""
+    lines = [(doc or "").strip(), "", "Flags:"]
+    required = cli_flags.required_names(flag_values)
+    for name in sorted(names):
+        flag = flag_values[name]
+        if cli_flags.is_old_name(flag):
+            continue
+        shown = f"--[no]{name}" if flag.boolean else f"--{name}"
+        lines.append(f"  {shown}: {' '.join(flag.help.split())}")
+        if name in required:
+            lines.append("      (required)")
+        elif flag.default not in (None, "", []):
+            lines.append(f"      (default: {flag.default_as_str.strip(chr(39))})")
+    renamed = [f"--{old} -> --{new}" for old, new in old_names(flag_values, names)]
+    if renamed:
+        lines += ["", "Old names, still accepted (with a note on stderr): " + ", ".join(renamed) + "."]
+    lines += ["", "Also: --flagfile=FILE (one --flag per line), --helpfull (absl's logging flags too)."]
+    return "\n".join(lines)
+
+
+def run(main, define_flags, argv: Sequence[str] | None = None, flag_values=None) -> NoReturn:
+    """`app.run(main)` for an entry point whose flags `define_flags(flag_values)` defines.
+
+    `--help` (`-h`, `--helpshort`) prints the module's docstring and every flag the tool takes (a tool that
+    builds on another's flags, as cross_validate on train's, lists them all) and exits 0; `--helpfull` adds
+    absl's own flags. TensorFlow's start-up notices are filtered (`quiet_tensorflow`).
+    """
+    from absl import app, flags
+
+    quiet_tensorflow()
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    argv = list(sys.argv if argv is None else argv)
+    before = set(flag_values)
+    define_flags(flag_values)
+    wanted = help_requested(argv)
+    if wanted:
+        doc = sys.modules[main.__module__].__doc__ if main.__module__ in sys.modules else None
+        names = [name for name in flag_values if name not in before]
+        print(help_text(doc, flag_values, names))
+        if wanted == "full":
+            print("\n" + flag_values.get_help())
+        sys.stdout.flush()
+        sys.exit(0)
+    app.run(main, argv)
+    sys.exit(0)

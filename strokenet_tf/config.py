@@ -1,14 +1,17 @@
 """Typed configuration of a training run, filled from flags by `strokenet_tf.train` (and by tests directly).
 
-`TrainConfig` aggregates the model (`model.strokenet.ModelConfig`), the input pipeline
-(`data.pipeline.PipelineConfig`, whose patch size, batch size, multiples and seed the trainer overrides per
-stage) and the curriculum. It round-trips through JSON: MODEL_DIR/config.json records the run, and a restart
-in the same model_dir must describe the same run (fields in RUNTIME_FIELDS may differ: they change how the
-run executes, not what it computes).
+`TrainConfig` aggregates the model (`model.strokenet.ModelConfig`), the input settings that hold for the
+whole run (`InputConfig`; the patch size, batch size, multiples and seed of each stage's
+`data.pipeline.PipelineConfig` come from the curriculum stage, the fields below and the model) and the
+curriculum. Each field that is a flag carries its help in `metadata["help"]`: `strokenet_tf.train` defines
+its flags from the fields (`cli.define_config_flags`), so every default is written once, here. A config
+round-trips through JSON: MODEL_DIR/config.json records the run, and a restart in the same model_dir must
+describe the same run (fields in RUNTIME_FIELDS may differ: they change how the run executes, not what it
+computes).
 
 Example:
     >>> config = TrainConfig(data_dir="data", model_dir="runs/a", model=ModelConfig(),
-    ...                      pipeline=PipelineConfig(), curriculum=Curriculum.single_stage(2, 1e-3, None))
+    ...                      pipeline=InputConfig(), curriculum=Curriculum.single_stage(2, 1e-3, None))
     >>> TrainConfig.from_json(config.to_json()) == config
     True
 """
@@ -27,9 +30,23 @@ from strokenet_tf.model.strokenet import ModelConfig
 
 OPTIMIZERS = ("adam", "adamw")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-# May change between a run and its resumption without changing what is computed.
+# PipelineConfig fields each curriculum stage sets (its patch, the run's batch size and seed, the model's
+# multiples); config.json files written before InputConfig hold them under "pipeline", with no effect.
+STAGE_PIPELINE_FIELDS = ("patch_size", "batch_size", "multiples", "seed")
+# May change between a run and its resumption without changing what is computed ("a.b": key b of a).
 RUNTIME_FIELDS = ("model_dir", "strategy", "cpu_devices", "checkpoint_every_steps", "keep_checkpoints",
-                  "log_every_steps", "verbose")
+                  "log_every_steps", "verbose") + tuple(f"pipeline.{name}" for name in STAGE_PIPELINE_FIELDS)
+_PIPELINE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(PipelineConfig)}
+DEFAULT_PATCH_SIZE = _PIPELINE_DEFAULTS["patch_size"]  # of stages without patch= (train's --patch_size)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", **flag) -> Any:  # noqa: A002
+    """A dataclass field that is also a command-line flag: its default and help live here only.
+
+    `flag` may hold "choices" (an enum flag) and "flag" (a flag name other than the field's); see
+    `cli.define_config_flags`.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
 class ConfigError(ValueError):
@@ -37,59 +54,81 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on.
+class InputConfig:
+    """The input pipeline settings that hold for a whole run (`data.pipeline.PipelineConfig` minus the fields
+    each stage sets, `STAGE_PIPELINE_FIELDS`); defaults are PipelineConfig's.
 
     Attributes:
-        data_dir: ISLES 2018 root (holding TRAINING/), a split folder or a synthetic dataset.
-        model_dir: where checkpoints, TensorBoard logs, config.json and best.keras go.
-        model: network architecture.
-        pipeline: input pipeline settings; patch_size is the default for stages without `patch=`, and
-            batch_size / multiples / seed are replaced by the fields below and the model's multiples.
-        curriculum: training stages (augmentation, loss parameters, patch size, learning rate, epochs).
-        split: which split folder of data_dir to read (TRAINING holds the labels).
-        channels: input modalities, in network channel order (len == model.in_channels).
-        num_folds: cross-validation folds; fold: the held-out fold, in [0, num_folds).
-        seed: seeds the fold split, the weights and the per-epoch data order.
-        patient_map: optional CSV (case_id,patient_id) that keeps a patient's slabs in one fold.
-        batch_size: global batch size (all replicas together).
-        learning_rate: learning rate of stages that do not set `lr=`.
-        optimizer: "adam" or "adamw"; weight_decay: AdamW's decoupled weight decay.
-        mixed_precision: train with the mixed_float16 policy and loss scaling.
-        strategy: "default", "mirrored" or "multi_worker" (tf.distribute).
-        cpu_devices: split the host CPU into this many logical devices (mirrored training without GPUs).
-        steps_per_epoch: optimizer steps per epoch; 0 = one pass over the training patches.
-        validate_every_epochs: validate (and maybe export best.keras) every N epochs and after the last.
-        checkpoint_every_steps: also checkpoint every N steps inside an epoch (0 = only at epoch ends).
-        keep_checkpoints: how many "latest" checkpoints to keep.
-        log_every_steps: per-step TensorBoard scalars every N steps.
-        verbose: show a progress bar per epoch.
+        patches_per_case, foreground_fraction: patch sampling (flags of the same names).
+        shuffle_buffer, cache, num_parallel_calls: see `PipelineConfig`.
     """
 
-    data_dir: str
-    model_dir: str
+    patches_per_case: int = setting(_PIPELINE_DEFAULTS["patches_per_case"],
+                                    "Training patches drawn per case and epoch.")
+    foreground_fraction: float = setting(_PIPELINE_DEFAULTS["foreground_fraction"],
+                                         "Fraction of training patches centred on a lesion voxel.")
+    shuffle_buffer: int = _PIPELINE_DEFAULTS["shuffle_buffer"]
+    cache: str | None = _PIPELINE_DEFAULTS["cache"]
+    num_parallel_calls: int | None = _PIPELINE_DEFAULTS["num_parallel_calls"]
+
+    def __post_init__(self):
+        self.for_stage(None, 1, (1, 1, 1), 0)  # PipelineConfig checks the values (one line naming the field)
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> "InputConfig":
+        """The run-wide part of a PipelineConfig (its stage fields are dropped)."""
+        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
+
+    def for_stage(self, patch_size, batch_size: int, multiples, seed: int) -> PipelineConfig:
+        """The PipelineConfig of one curriculum stage."""
+        return PipelineConfig(patch_size=patch_size, batch_size=batch_size, multiples=multiples, seed=seed,
+                              **dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; each flag field's help is its `metadata["help"]`.
+
+    Attributes:
+        data_dir, model_dir: where the cases are read and the run is written.
+        model: network architecture.
+        pipeline: run-wide input settings (a `PipelineConfig` given here is cut to its `InputConfig`).
+        curriculum: training stages (augmentation, loss parameters, patch size, learning rate, epochs).
+        the rest: see each field's help (the flag of the same name, --verbose for `verbose`).
+    """
+
+    data_dir: str = setting(help="ISLES 2018 root (holding TRAINING/), a split folder, or synthetic data.")
+    model_dir: str = setting(help="Run folder written by training: checkpoints, TensorBoard logs, config.json, "
+                             "best.keras.")
     model: ModelConfig
-    pipeline: PipelineConfig
+    pipeline: InputConfig
     curriculum: Curriculum
-    split: str = "TRAINING"
-    channels: tuple[str, ...] = isles.DEFAULT_CHANNELS
-    num_folds: int = 5
-    fold: int = 0
-    seed: int = 0
-    patient_map: str | None = None
-    batch_size: int = 2
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 1e-4
-    mixed_precision: bool = False
-    strategy: str = "default"
-    cpu_devices: int = 0
-    steps_per_epoch: int = 0
-    validate_every_epochs: int = 1
-    checkpoint_every_steps: int = 100
-    keep_checkpoints: int = 3
-    log_every_steps: int = 10
-    verbose: bool = True
+    split: str = setting("TRAINING", "Split folder of --data_dir to train on (it must have labels).")
+    channels: tuple[str, ...] = setting(isles.DEFAULT_CHANNELS, "Input modalities in network channel order.")
+    num_folds: int = setting(5, "Number of cross-validation folds.")
+    fold: int = setting(0, "Held-out validation fold, in [0, num_folds).")
+    seed: int = setting(0, "Seed of the fold split, the initial weights and the per-epoch data order.")
+    patient_map: str | None = setting(None, "Optional CSV with columns case_id,patient_id: a patient's slabs "
+                                      "share a fold.")
+    batch_size: int = setting(2, "Global batch size (summed over all replicas and workers).")
+    learning_rate: float = setting(1e-3, "Learning rate of stages that do not set lr=.")
+    optimizer: str = setting("adam", "Optimizer (adamw: decoupled weight decay).", choices=OPTIMIZERS)
+    weight_decay: float = setting(1e-4, "Decoupled weight decay (--optimizer=adamw only).")
+    mixed_precision: bool = setting(False, "Train with the mixed_float16 policy and loss scaling.")
+    strategy: str = setting("default", "tf.distribute strategy: default (one device), mirrored (local GPUs or "
+                            "--cpu_devices), multi_worker (TF_CONFIG).", choices=STRATEGIES)
+    cpu_devices: int = setting(0, "Split the CPU into this many logical devices (mirrored without GPUs).")
+    steps_per_epoch: int = setting(0, "Optimizer steps per epoch; 0 = one pass over the training patches.")
+    validate_every_epochs: int = setting(1, "Validate on the held-out fold every N epochs (and after the last).")
+    checkpoint_every_steps: int = setting(100, "Also checkpoint every N steps inside an epoch (0 = epoch ends "
+                                          "only).")
+    keep_checkpoints: int = setting(3, "Number of latest checkpoints kept.")
+    log_every_steps: int = setting(10, "Write per-step TensorBoard scalars every N steps.")
+    verbose: bool = setting(True, "Show a progress bar per epoch.")
+
+    def __post_init__(self):
+        if isinstance(self.pipeline, PipelineConfig):
+            object.__setattr__(self, "pipeline", InputConfig.of(self.pipeline))
 
     def validate(self) -> "TrainConfig":
         """Checks value ranges; returns self.
@@ -145,7 +184,8 @@ class TrainConfig:
         values = dict(data)
         try:
             values["model"] = _dataclass_from_dict(ModelConfig, values["model"], "model")
-            values["pipeline"] = _dataclass_from_dict(PipelineConfig, values["pipeline"], "pipeline")
+            pipeline = {k: v for k, v in values["pipeline"].items() if k not in STAGE_PIPELINE_FIELDS}
+            values["pipeline"] = _dataclass_from_dict(InputConfig, pipeline, "pipeline")
             values["curriculum"] = Curriculum.from_dict(values["curriculum"])
         except KeyError as error:
             raise ConfigError(f"config: missing field {error.args[0]!r}") from None

@@ -14,7 +14,7 @@ over folds, the form of the StrokeNet report (Dice, recall, precision in %), plu
 Resumable: a fold whose evaluation/summary.json exists is skipped (after checking that its run has the same
 settings); an interrupted fold resumes from its last checkpoint. The model scored is best.keras (chosen on the
 held-out fold itself, as published cross-validation numbers usually are: slightly optimistic) unless
---eval_model_source=latest.
+--model_source=latest.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
 from strokenet_tf import cli
@@ -46,11 +46,12 @@ STROKENET_REPORT = {"dice": 52.26, "recall": 55.50, "precision": 58.84}  # % (Ta
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """The trainer's flags plus --folds and --eval_model_source."""
+    """The trainer's flags plus --folds and --model_source (--help lists them all)."""
     train.define_flags(flag_values)
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_list("folds", None, "Folds to run, e.g. 0,1 (default: all of --num_folds).", **fv)
-    flags.DEFINE_enum("eval_model_source", "best", ["best", "latest"], "Model of each fold that is scored.", **fv)
+    flags.DEFINE_list("folds", None, "Folds to run, e.g. 0,1 (default: all of --num_folds).", flag_values=flag_values)
+    cli.define_shared(flag_values, "model_source", help={"model_source": "Model of each fold that is scored and "
+                                                         "calibrated: best (best.keras) or latest (newest checkpoint)."})
+    cli.define_old_names(flag_values, TOOL, {"eval_model_source": "model_source"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def config_from_flags(flag_values) -> CrossValidationConfig:
             raise config_lib.ConfigError(f"--folds: {bad[0]} is not in [0, {base.num_folds - 1}]")
     else:
         selected = tuple(range(base.num_folds))
-    return CrossValidationConfig(base, selected, flag_values.eval_model_source)
+    return CrossValidationConfig(base, selected, flag_values.model_source)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -267,5 +268,4 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

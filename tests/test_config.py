@@ -9,7 +9,7 @@ from absl import flags
 
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf import train
-from strokenet_tf.config import RUNTIME_FIELDS, ConfigError, TrainConfig
+from strokenet_tf.config import RUNTIME_FIELDS, ConfigError, InputConfig, TrainConfig
 from strokenet_tf.data import augment, pipeline
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import checkpointing
@@ -116,7 +116,7 @@ def test_flags_to_config(parse_flags):
     assert (config.fold, config.num_folds, config.seed, config.batch_size) == (2, 4, 9, 3)
     assert (config.optimizer, config.mixed_precision, config.strategy, config.cpu_devices) == (
         "adamw", True, "mirrored", 2)
-    assert config.patient_map == "p.csv" and config.pipeline.batch_size == 3
+    assert config.patient_map == "p.csv" and config.pipeline == InputConfig()
 
 
 @pytest.mark.parametrize(

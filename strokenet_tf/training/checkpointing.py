@@ -272,6 +272,16 @@ def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: s
     return changes
 
 
+def _without(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`config` without `keys`; "a.b" names key b of the mapping under a."""
+    kept = {k: v for k, v in config.items() if k not in keys}
+    for key in keys:
+        outer, _, inner = key.partition(".")
+        if inner and isinstance(kept.get(outer), Mapping):
+            kept[outer] = _without(kept[outer], (inner,))
+    return kept
+
+
 def check_or_write_config(
     model_dir: str,
     config_dict: Mapping[str, Any],
@@ -283,7 +293,8 @@ def check_or_write_config(
     Args:
         model_dir: the run's folder.
         config_dict: JSON-ready config of this run (`TrainConfig.to_dict()`).
-        ignored_keys: top-level keys that may change between a run and its resumption (e.g. the strategy).
+        ignored_keys: keys that may change between a run and its resumption (e.g. the strategy; "a.b" for a
+            nested key).
         write: whether this process writes config.json for a new run (the chief only).
 
     Returns:
@@ -301,8 +312,8 @@ def check_or_write_config(
             raise ModelDirError(
                 f"--model_dir={model_dir}: cannot read {path} ({error}); use a new --model_dir"
             ) from None
-        comparable_saved = {k: v for k, v in saved.items() if k not in ignored_keys}
-        comparable_now = {k: v for k, v in json.loads(json.dumps(config_dict)).items() if k not in ignored_keys}
+        comparable_saved = _without(saved, ignored_keys)
+        comparable_now = _without(json.loads(json.dumps(config_dict)), ignored_keys)
         changes = _differences(comparable_saved, comparable_now)
         if changes:
             shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")

@@ -111,13 +111,8 @@ def _relax_shapes(channels: int):
 
 def stage_pipeline_config(config: TrainConfig, stage: CurriculumStage) -> pipeline.PipelineConfig:
     """The pipeline config of one stage: its patch size, the global batch, the model's multiples, the run's seed."""
-    return dataclasses.replace(
-        config.pipeline,
-        patch_size=stage.patch_size,
-        batch_size=config.batch_size,
-        multiples=tuple(config.model.required_multiples),
-        seed=config.seed,
-    )
+    return config.pipeline.for_stage(stage.patch_size, config.batch_size, tuple(config.model.required_multiples),
+                                     config.seed)
 
 
 def epoch_dataset(
