@@ -15,8 +15,10 @@ forward pass), and write, each file atomically (temporary file + rename):
                                                      report (`perfusion_report`: core, hypoperfusion, mismatch,
                                                      DEFUSE-3 / EXTEND-IA; research output, not a medical
                                                      device), the ensemble's volume interval and disagreement
-                                                     flag, timings, inputs
-    OUTPUT_DIR/perfusion_report.csv                  one row per case, for a run of several cases
+                                                     flag, timings, package version, UTC time, absolute paths
+                                                     of inputs and outputs; volumes to 0.001 mL (`rounded`)
+    OUTPUT_DIR/summary.csv                           for a run of several cases, one row per case, failed ones
+                                                     included (`SUMMARY_COLUMNS`)
 
 `<case>` is the case folder's path relative to the input folder (so TRAINING/case_1 and TESTING/case_1 of one
 root do not collide), or the case id for a single case. The report is written last: its presence means the
@@ -28,8 +30,12 @@ predicted again).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import datetime
+import io
 import json
+import math
 import os
 import pathlib
 import time
@@ -38,7 +44,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import ensemble, metrics, montage, perfusion_input, perfusion_report
+from strokenet_tf import __version__, ensemble, metrics, montage, perfusion_input, perfusion_report
 from strokenet_tf.inference import MASK_KEY as MASK, PROBABILITIES_KEY as PROBABILITIES, UNCERTAINTY_KEY as UNCERTAINTY
 from strokenet_tf.inference import CaseFailure
 from strokenet_tf.data import atomic, isles
@@ -46,7 +52,13 @@ from strokenet_tf.data import atomic, isles
 OUTPUT_KINDS = ("mask", "probability", "uncertainty", "montage", "report")
 _SUFFIXES = {"mask": "_mask.nii.gz", "probability": "_probability.nii.gz", "uncertainty": "_uncertainty.nii.gz",
              "montage": "_montage.png", "report": "_report.json"}
-BATCH_CSV = "perfusion_report.csv"
+BATCH_CSV = "summary.csv"
+SUMMARY_COLUMNS = ("case_id", "case_status", "error", "lesion_volume_ml", "lesion_voxels", "connected_components",
+                   "seconds") + perfusion_report.CSV_COLUMNS[1:]
+"""The batch CSV: the case's outcome ("ok" or "failed" with the error), its lesion and total time, then the
+perfusion report's columns (`perfusion_report.CSV_COLUMNS`; "status" is the perfusion report's status)."""
+VOLUME_DECIMALS = 3  # 0.001 mL = 1 uL, below the smallest ISLES voxel (~3 uL)
+SIGNIFICANT_DIGITS = 6  # other floats: float32 precision, without float64 noise
 COMPONENT_CONNECTIVITY = 26  # as metrics.lesion_detection
 
 
@@ -274,12 +286,13 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
         isles.write_nifti_like(probabilities.astype(np.float32), case, paths["probability"], dtype=np.float32)
     if "uncertainty" in paths and UNCERTAINTY in outputs:
         isles.write_nifti_like(outputs[UNCERTAINTY].astype(np.float32), case, paths["uncertainty"], dtype=np.float32)
+    model = _model_name(segmenter)
     if "montage" in paths:
         rgb = montage.render_montage(case, mask, truth=case.label, max_slices=options.montage_slices,
                                      hypoperfusion=outputs.get(perfusion_report.HYPOPERFUSION_MASK_KEY),
-                                     caption=montage_caption(perfusion, uncertainty))
+                                     caption=montage_caption(perfusion, uncertainty), model=model)
         atomic.atomic_write_bytes(paths["montage"], montage.encode_png(rgb))
-    report = {
+    report = rounded({
         "case_id": case.case_id,
         **lesion_report(mask, case.spacing_mm),
         "max_probability": float(probabilities.max()) if probabilities.size else 0.0,
@@ -287,17 +300,43 @@ def predict_case(segmenter, case_input: CaseInput, options: OutputOptions,
         "perfusion_report": perfusion,
         "uncertainty": uncertainty,
         "ensemble": ensemble_info(segmenter),
-        "model": str(getattr(segmenter, "source", "") or getattr(getattr(segmenter, "trained", None), "source", "")),
+        "model": ",".join(_absolute(p) if os.path.exists(p) else p for p in model.split(",")) if model else "",
+        "strokenet_tf_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "shape_xyz": list(case.nifti_shape),
         "voxel_size_mm_xyz": [float(s) for s in reversed(case.spacing_mm)],
-        "inputs": {modality: str(path) for modality, path in case.source_files.items()},
+        "inputs": {modality: _absolute(path) for modality, path in case.source_files.items()},
         "nonfinite_voxels_replaced": dict(case.nonfinite_voxels),
-        "outputs": {kind: str(path) for kind, path in paths.items()},
+        "output_dir": _absolute(options.output_dir),
+        "outputs": {kind: _absolute(path) for kind, path in paths.items()},
         "seconds": {"read": round(read_s, 4), "predict": round(predict_s, 4),
                     "write": round(time.perf_counter() - started, 4)},
-    }
+    })
     atomic.atomic_write_text(paths["report"], json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _absolute(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _model_name(segmenter) -> str:
+    return str(getattr(segmenter, "source", "") or getattr(getattr(segmenter, "trained", None), "source", ""))
+
+
+def rounded(value, key: str = ""):
+    """`value` (a report: dicts, lists, numbers) with volumes (keys ending in "_ml") to `VOLUME_DECIMALS` and other
+    floats to `SIGNIFICANT_DIGITS`, so the JSON shows what was measured rather than float64 noise
+    (0.9 mm, not 0.8999999761581421). Non-finite floats, ints, bools and strings are kept."""
+    if isinstance(value, dict):
+        return {k: rounded(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, key) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        if key.endswith("_ml"):
+            return round(value, VOLUME_DECIMALS) + 0.0  # + 0.0: no "-0.0"
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return value
 
 
 def perfusion_section(outputs: Mapping[str, np.ndarray], segmenter) -> dict:
@@ -351,17 +390,37 @@ def predict_cases(segmenter, inputs: Sequence[CaseInput], options: OutputOptions
     if len(inputs) > 1 and batch_csv.exists() and not options.overwrite:
         raise PredictError(f"output {batch_csv} already exists; pass --overwrite to replace it")
     pathlib.Path(options.output_dir).mkdir(parents=True, exist_ok=True)
-    reports, failures = [], []
+    reports, failures, rows = [], [], []
     for done, case_input in enumerate(inputs, start=1):
         try:
             reports.append(predict_case(segmenter, case_input, options, warn))
+            rows.append(summary_row(reports[-1]))
         except (isles.IslesFormatError, ValueError, OSError, tf.errors.OpError) as error:
             message = " ".join(str(error).split()) or type(error).__name__
             failures.append(CaseFailure(case_input.case_id, message))
+            rows.append(summary_row(failure=failures[-1]))
             warn(f"{case_input.case_id}: skipped: {message}")
         on_progress(done, case_input.case_id)
     if len(inputs) > 1:
-        rows = [perfusion_report.CSV_COLUMNS] + [
-            perfusion_report.csv_row(r["case_id"], r["perfusion_report"], r["uncertainty"]) for r in reports]
-        atomic.atomic_write_text(batch_csv, "\n".join(",".join(row) for row in rows) + "\n")
+        atomic.remove_stale_temporaries(batch_csv)
+        atomic.atomic_write_text(batch_csv, summary_csv(rows))
     return reports, failures
+
+
+def summary_row(report: Mapping | None = None, failure: CaseFailure | None = None) -> list[str]:
+    """One row of the batch CSV (`SUMMARY_COLUMNS`) for a finished case's report or a failed case."""
+    if failure is not None:
+        return [failure.case_id, "failed", failure.message] + [""] * (len(SUMMARY_COLUMNS) - 3)
+    perfusion = perfusion_report.csv_row(report["case_id"], report["perfusion_report"], report["uncertainty"])
+    return [report["case_id"], "ok", "", f"{report['lesion_volume_ml']:.{VOLUME_DECIMALS}f}",
+            str(report["lesion_voxels"]), str(report["connected_components"]),
+            f"{sum(report['seconds'].values()):.2f}"] + perfusion[1:]
+
+
+def summary_csv(rows: Sequence[Sequence[str]]) -> str:
+    """CSV text: `SUMMARY_COLUMNS` then `rows` (cells with commas or quotes are quoted)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    writer.writerows(rows)
+    return buffer.getvalue()
