@@ -26,6 +26,7 @@ are made to agree with the restored state (`best_export`).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import time
 from typing import Callable, Sequence
@@ -33,14 +34,14 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from strokenet_tf import losses
 from strokenet_tf.config import RUNTIME_FIELDS, TrainConfig
 from strokenet_tf.curriculum import CurriculumStage
 from strokenet_tf.data import augment, folds, isles, pipeline, preprocess
 from strokenet_tf.model import strokenet
-from strokenet_tf.training import best_export, checkpointing, distribute, run_lock, summaries, validation
+from strokenet_tf.training import (best_export, checkpointing, distribute, hparams, history, run_lock, run_log,
+                                   summaries, validation)
 
 
 class TrainingError(ValueError):
@@ -62,6 +63,7 @@ class TrainResult:
     train_ids: list[str]
     val_ids: list[str]
     trace_count: int
+    history_path: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -215,17 +217,18 @@ def _overlay(result: validation.ValidationResult, channels: Sequence[str]) -> np
     )
 
 
-def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state, writers, epoch, save_checkpoint,
-                 after_step, announce_stage: bool) -> None:
-    """Runs the (remaining) steps of one epoch at its curriculum stage; logs the stage when it starts."""
+def _train_epoch(config, strategy, optimizer, step_fn, train_cases, state, writers, log, epoch, save_checkpoint,
+                 after_step, announce_stage: bool) -> float | None:
+    """Runs the (remaining) steps of one epoch at its curriculum stage; logs the stage when it starts.
+
+    Returns the epoch's mean training loss (None when no step was left to run).
+    """
     curriculum = config.curriculum
     stage_index, stage = curriculum.stage_at(epoch)
     gamma = curriculum.gamma_at(epoch)
     if announce_stage or epoch == curriculum.stage_start(stage_index):
-        line = f"curriculum stage {stage_index + 1}/{len(curriculum.stages)}, {stage.describe()}"
-        logging.info("epoch %d: %s", epoch + 1, line)
-        if config.verbose and chief:
-            print(line[0].upper() + line[1:], flush=True)
+        log.line(f"epoch {epoch + 1}/{curriculum.total_epochs}: curriculum stage {stage_index + 1}/"
+                 f"{len(curriculum.stages)}, {stage.describe()}")
     state.stage.assign(stage_index)
     optimizer.learning_rate = stage.learning_rate
 
@@ -233,22 +236,17 @@ def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state
     done = int(state.step_in_epoch.numpy())
     distributed = strategy.experimental_distribute_dataset(dataset.skip(done).take(max(steps - done, 0)))
     step_fn.set_element_spec(distributed.element_spec)
-    verbose = 1 if (config.verbose and chief) else 0
-    progress = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=["lr", "gamma"], unit_name="step")
-    if verbose:
-        print(f"Epoch {epoch + 1}/{curriculum.total_epochs} ({stage.name})", flush=True)
-    progress.update(done)
+    progress = log.progress_bar(f"Epoch {epoch + 1}/{curriculum.total_epochs} ({stage.name})", steps, done)
     if done == 0:
         state.epoch_loss_sum.assign(0.0)
-    ran = False
     for images, labels in distributed:
         loss = float(step_fn(images, labels, gamma, stage.alpha, stage.dice_weight))
-        ran = True
         state.epoch_loss_sum.assign_add(loss)
         state.global_step.assign_add(1)
         state.step_in_epoch.assign_add(1)
         global_step, in_epoch = int(state.global_step.numpy()), int(state.step_in_epoch.numpy())
-        progress.update(in_epoch, values=[("loss", loss), ("lr", stage.learning_rate), ("gamma", gamma)])
+        if progress is not None:
+            progress.update(in_epoch, values=[("loss", loss), ("lr", stage.learning_rate), ("gamma", gamma)])
         if global_step % config.log_every_steps == 0:
             writers.scalars(writers.train, global_step, {
                 "loss": loss, "learning_rate": stage.learning_rate, "stage": stage_index, "focal_gamma": gamma,
@@ -258,37 +256,41 @@ def _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state
             save_checkpoint()
         if after_step is not None:
             after_step(global_step)
-    if ran:  # the epoch's mean loss: the sum travels in the checkpoint, so a resumed epoch reports it whole
-        mean_loss = float(state.epoch_loss_sum.numpy()) / int(state.step_in_epoch.numpy())
-        writers.scalars(writers.train, int(state.global_step.numpy()), {
-            "epoch/loss": mean_loss, "epoch/learning_rate": stage.learning_rate,
-            "epoch/stage": stage_index, "epoch/focal_gamma": gamma, "epoch/epoch": epoch + 1,
-        })
+    if int(state.step_in_epoch.numpy()) == done:
+        return None
+    # The loss sum travels in the checkpoint, so a resumed epoch reports the mean of all its steps.
+    mean_loss = float(state.epoch_loss_sum.numpy()) / int(state.step_in_epoch.numpy())
+    writers.scalars(writers.train, int(state.global_step.numpy()), {
+        "epoch/loss": mean_loss, "epoch/learning_rate": stage.learning_rate,
+        "epoch/stage": stage_index, "epoch/focal_gamma": gamma, "epoch/epoch": epoch + 1,
+    })
+    return mean_loss
 
 
-def _validate_and_export(config, strategy, chief, best, predict_fn, val_cases, state, writers, epoch) -> dict:
-    """Validates after `epoch` (0-based), logs it, and exports best.keras when the Dice improved."""
+def _validate_and_export(config, strategy, best, predict_fn, val_cases, state, writers, epoch) -> tuple[dict, bool]:
+    """Validates after `epoch` (0-based) and exports best.keras when the Dice improved.
+
+    Returns:
+        (mean metrics, whether best.keras was replaced).
+    """
     global_step = int(state.global_step.numpy())
     result = validation.validate(predict_fn, val_cases, config.model.required_multiples)
     writers.scalars(writers.val, global_step, result.mean)
     overlay = _overlay(result, config.channels)
     if overlay is not None:
         writers.image(global_step, "overlay", overlay)
-    message = ", ".join(f"{name} {value:.4f}" for name, value in result.mean.items())
-    logging.info("epoch %d validation on %d cases: %s", epoch + 1, len(val_cases), message)
-    if config.verbose and chief:
-        print(f"  validation: {message}", flush=True)
     dice = result.mean.get("dice", float("nan"))
-    if np.isfinite(dice) and dice > float(state.best_val_dice.numpy()):
-        state.best_val_dice.assign(dice)
-        state.best_epoch.assign(epoch + 1)
-        state.best_step.assign(global_step)
-        best.capture()
-        # Every worker saves (to a scratch folder off the chief), as tf.distribute asks of collective saves.
-        export_dir = distribute.write_dir(config.model_dir, strategy)
-        best.export(export_dir, epoch + 1, {**result.mean, "global_step": global_step})
-        distribute.remove_scratch_dir(export_dir, strategy)
-    return result.mean
+    if not (np.isfinite(dice) and dice > float(state.best_val_dice.numpy())):
+        return result.mean, False
+    state.best_val_dice.assign(dice)
+    state.best_epoch.assign(epoch + 1)
+    state.best_step.assign(global_step)
+    best.capture()
+    # Every worker saves (to a scratch folder off the chief), as tf.distribute asks of collective saves.
+    export_dir = distribute.write_dir(config.model_dir, strategy)
+    best.export(export_dir, epoch + 1, {**result.mean, "global_step": global_step})
+    distribute.remove_scratch_dir(export_dir, strategy)
+    return result.mean, True
 
 
 def train(
@@ -328,9 +330,10 @@ def _train_locked(config, strategy, chief, after_step) -> TrainResult:
     resuming = checkpointing.check_or_write_config(model_dir, config.to_dict(), RUNTIME_FIELDS, write=False)
     train_cases, val_cases = load_fold(config)
     checkpointing.check_or_write_config(model_dir, config.to_dict(), RUNTIME_FIELDS, write=chief)
-    logging.info("fold %d of %d: %d training and %d validation cases; %s strategy with %d replica(s)%s",
-                 config.fold, config.num_folds, len(train_cases), len(val_cases), config.strategy,
-                 strategy.num_replicas_in_sync, "" if chief else " (not the chief: no summaries or exports)")
+    log = run_log.RunLog(to_stream=config.verbose and chief)
+    log.line(f"fold {config.fold} of {config.num_folds}: {len(train_cases)} training and {len(val_cases)} "
+             f"validation cases; {config.strategy} strategy with {strategy.num_replicas_in_sync} replica(s)"
+             + ("" if chief else " (not the chief: no summaries or exports)"))
 
     previous_policy = _set_policy(config.mixed_precision)
     try:
@@ -340,12 +343,14 @@ def _train_locked(config, strategy, chief, after_step) -> TrainResult:
             optimizer = make_optimizer(config)
             optimizer.build(model.trainable_variables)
             best = best_export.BestWeights(model)
-        return _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases, resuming, after_step)
+        return _run(config, strategy, chief, log, model, optimizer, best, train_cases, val_cases, resuming,
+                    after_step)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases, resuming, after_step) -> TrainResult:
+def _run(config, strategy, chief, log, model, optimizer, best, train_cases, val_cases, resuming,
+         after_step) -> TrainResult:
     model_dir = config.model_dir
     curriculum = config.curriculum
     state = checkpointing.RunState.create()
@@ -360,12 +365,13 @@ def _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases
     manager = checkpointing.make_manager(checkpoint, checkpoint_dir, config.keep_checkpoints)
     writers = summaries.SummaryWriters(model_dir, chief)
     if not resuming:
-        writers.hparams(config.to_dict(), trial_id=os.path.basename(os.path.abspath(model_dir)))
+        writers.hparams(hparams.run_hparams(config), trial_id=os.path.basename(os.path.abspath(model_dir)))
+    epochs = history.History(model_dir, int(state.epoch.numpy()), enabled=chief)
     if resumed_from and int(state.epoch.numpy()) >= curriculum.total_epochs:
-        logging.info("%s already finished all %d epochs (%s)", model_dir, curriculum.total_epochs, resumed_from)
+        log.line(f"{model_dir} already finished all {curriculum.total_epochs} epochs ({resumed_from})")
     elif resumed_from:
-        logging.info("resuming from %s: epoch %d, step %d of the epoch, global step %d", resumed_from,
-                     int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()), int(state.global_step.numpy()))
+        log.line(f"resuming from {resumed_from}: epoch {int(state.epoch.numpy()) + 1}, step "
+                 f"{int(state.step_in_epoch.numpy())} of the epoch, global step {int(state.global_step.numpy())}")
 
     def save_checkpoint():
         manager.save(checkpoint_number=int(state.global_step.numpy()))
@@ -374,45 +380,66 @@ def _run(config, strategy, chief, model, optimizer, best, train_cases, val_cases
     step_fn = TrainStep(strategy, model, optimizer, config.batch_size, config.mixed_precision)
     predict_fn = validation.make_predict_fn(model, len(config.channels))
     last_metrics: dict[str, float] = {}
-    start_time = time.time()
+    clock = run_log.EpochClock(curriculum.total_epochs)
     first_epoch = int(state.epoch.numpy())
     try:
         while int(state.epoch.numpy()) < curriculum.total_epochs:
             epoch = int(state.epoch.numpy())
-            _train_epoch(config, strategy, chief, optimizer, step_fn, train_cases, state, writers, epoch,
-                         save_checkpoint, after_step, announce_stage=epoch == first_epoch)
+            started = time.monotonic()
+            train_loss = _train_epoch(config, strategy, optimizer, step_fn, train_cases, state, writers, log, epoch,
+                                      save_checkpoint, after_step, announce_stage=epoch == first_epoch)
+            metrics, improved = None, False
             if (epoch + 1) % config.validate_every_epochs == 0 or epoch + 1 == curriculum.total_epochs:
-                last_metrics = _validate_and_export(
-                    config, strategy, chief, best, predict_fn, val_cases, state, writers, epoch
+                metrics, improved = _validate_and_export(
+                    config, strategy, best, predict_fn, val_cases, state, writers, epoch
                 )
+                last_metrics = metrics
+            seconds = time.monotonic() - started
+            clock.add(seconds)
+            _record_epoch(config, state, writers, log, epochs, clock, epoch, train_loss, metrics, improved, seconds)
             writers.flush()
             state.epoch.assign_add(1)
             state.step_in_epoch.assign(0)
             save_checkpoint()
+        writers.end_session()
     finally:
         writers.close()
 
-    best_epoch = int(state.best_epoch.numpy())
-    best_dice = float(state.best_val_dice.numpy())
     best_model_path = os.path.join(model_dir, checkpointing.BEST_MODEL_FILE)
-    best_model_path = best_model_path if os.path.exists(best_model_path) else None
-    if chief:
-        logging.info(
-            "done in %.0f s: %d epochs, %d steps; best validation Dice %.4f at epoch %d; best model %s; "
-            "checkpoints %s; TensorBoard: tensorboard --logdir %s",
-            time.time() - start_time, curriculum.total_epochs, int(state.global_step.numpy()), best_dice,
-            best_epoch, best_model_path, os.path.join(model_dir, checkpointing.CHECKPOINT_SUBDIR), model_dir,
-        )
     return TrainResult(
         model_dir=model_dir,
         epochs_done=int(state.epoch.numpy()),
         global_step=int(state.global_step.numpy()),
-        best_epoch=best_epoch,
-        best_val_dice=best_dice,
+        best_epoch=int(state.best_epoch.numpy()),
+        best_val_dice=float(state.best_val_dice.numpy()),
         last_val_metrics=last_metrics,
-        best_model_path=best_model_path,
+        best_model_path=best_model_path if os.path.exists(best_model_path) else None,
         resumed_from=resumed_from,
         train_ids=[case.case_id for case in train_cases],
         val_ids=[case.case_id for case in val_cases],
         trace_count=step_fn.trace_count,
+        history_path=epochs.csv_path if chief else None,
     )
+
+
+def _record_epoch(config, state, writers, log, epochs, clock, epoch, train_loss, metrics, improved, seconds):
+    """The epoch's line (and a "new best" line), its history row and the HParams session's metrics."""
+    curriculum = config.curriculum
+    _, stage = curriculum.stage_at(epoch)
+    gamma = curriculum.gamma_at(epoch)
+    best_dice, best_epoch = float(state.best_val_dice.numpy()), int(state.best_epoch.numpy())
+    global_step = int(state.global_step.numpy())
+    log.line(run_log.epoch_line(epoch + 1, curriculum.total_epochs, stage.name, seconds, train_loss, metrics,
+                                stage.learning_rate, gamma, clock.eta_s(epoch + 1)))
+    if improved:
+        log.line(f"new best validation Dice {best_dice:.4f} at epoch {epoch + 1}, saved "
+                 f"{os.path.join(config.model_dir, checkpointing.BEST_MODEL_FILE)}")
+    metrics = metrics or {}
+    epochs.add({
+        "epoch": epoch + 1, "stage": stage.name, "global_step": global_step, "learning_rate": stage.learning_rate,
+        "focal_gamma": gamma, "train_loss": train_loss, "val_dice": metrics.get("dice"),
+        "val_precision": metrics.get("precision"), "val_recall": metrics.get("recall"),
+        "best_val_dice": best_dice if best_epoch >= 1 else None, "epoch_s": round(seconds, 3),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+    writers.session_metrics(global_step, hparams.metric_scalars(best_dice, best_epoch, metrics, train_loss))

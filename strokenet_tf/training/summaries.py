@@ -1,8 +1,9 @@
-"""TensorBoard output: scalars under MODEL_DIR/train and MODEL_DIR/val, overlay images, HParams.
+"""TensorBoard output: scalars under MODEL_DIR/train and MODEL_DIR/val, overlay images, the HParams session.
 
 Tags: `loss`, `learning_rate`, `stage`, `focal_gamma` per step (train); `epoch/loss` and the same per epoch;
 `dice`, `precision`, `recall` per validation (val) plus `overlay`, an axial slice of one validation case with
-the input map in grey, the label in green and the prediction in red (yellow where they agree).
+the input map in grey, the label in green and the prediction in red (yellow where they agree). MODEL_DIR itself
+holds the HParams session and its metrics (`hparams/best_val_dice`, ...; see `training.hparams`).
 
 A resumed run re-logs the steps after its checkpoint; `mark_restart` tells TensorBoard to drop what the
 abandoned attempt logged there, so every step shows one value.
@@ -18,23 +19,22 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
-from tensorboard.plugins.hparams import api as hp
 
-VAL_METRICS = ("dice", "precision", "recall")
+from strokenet_tf.training import hparams as hparams_lib
 
 
 class SummaryWriters:
-    """File writers on the chief, no-op writers on other workers."""
+    """File writers on the chief (MODEL_DIR/train, MODEL_DIR/val and MODEL_DIR for HParams), no-op elsewhere."""
 
     def __init__(self, model_dir: str, is_chief: bool):
         self._is_chief = is_chief
-        self._model_dir = model_dir
         if is_chief:
             self.train = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
             self.val = tf.summary.create_file_writer(os.path.join(model_dir, "val"))
+            self.run = tf.summary.create_file_writer(model_dir)
         else:
-            self.train = self.val = tf.summary.create_noop_writer()
-        self._writers = [self.train, self.val]
+            self.train = self.val = self.run = tf.summary.create_noop_writer()
+        self._writers = [self.train, self.val, self.run]
 
     def scalars(self, writer, step: int, values: Mapping[str, float]) -> None:
         with writer.as_default(step=int(step)):
@@ -45,18 +45,16 @@ class SummaryWriters:
         with self.val.as_default(step=int(step)):
             tf.summary.image(name, rgb[np.newaxis], max_outputs=1)
 
-    def hparams(self, hparams: Mapping[str, Any], trial_id: str) -> None:
-        """Records the run's flattened config for TensorBoard's HParams dashboard."""
-        flat = flatten_hparams(hparams)
-        # Written once per run, into MODEL_DIR itself: the HParams session whose metrics live in val/.
-        writer = tf.summary.create_file_writer(self._model_dir) if self._is_chief else tf.summary.create_noop_writer()
-        self._writers.append(writer)
-        with writer.as_default():
-            hp.hparams_config(
-                hparams=[hp.HParam(name) for name in flat],
-                metrics=[hp.Metric(name, group="val", display_name=f"val {name}") for name in VAL_METRICS],
-            )
-            hp.hparams(flat, trial_id=trial_id)
+    def hparams(self, values: Mapping[str, Any], trial_id: str) -> None:
+        """Starts the run's HParams session (once per run, not on resume); `values` from `hparams.run_hparams`."""
+        hparams_lib.write_session(self.run, values, trial_id)
+
+    def session_metrics(self, step: int, values: Mapping[str, float]) -> None:
+        """The HParams metrics (`hparams.metric_scalars`) at `step`; the dashboard shows the last values."""
+        self.scalars(self.run, step, values)
+
+    def end_session(self) -> None:
+        hparams_lib.write_session_end(self.run)
 
     def flush(self) -> None:
         for writer in self._writers:
@@ -69,7 +67,7 @@ class SummaryWriters:
 
 
 def mark_restart(model_dir: str, step: int) -> list[str]:
-    """Writes a SessionLog START event at `step` into the train/ and val/ logs that already hold events.
+    """Writes a SessionLog START event at `step` into the train/, val/ and MODEL_DIR logs that hold events.
 
     TensorBoard (`purge_orphaned_data`, on by default) then discards every event of those logs at `step` or
     later written before the marker: what a killed or rolled-back attempt logged after the checkpoint a run
@@ -79,8 +77,8 @@ def mark_restart(model_dir: str, step: int) -> list[str]:
     """
     written = []
     stamp = int(time.time()) - 1
-    for name in ("train", "val"):
-        directory = os.path.join(model_dir, name)
+    for name in ("train", "val", ""):
+        directory = os.path.join(model_dir, name) if name else model_dir
         if not tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")):
             continue
         path = os.path.join(directory, f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.restart")
@@ -94,20 +92,6 @@ def mark_restart(model_dir: str, step: int) -> list[str]:
             records.write(start.SerializeToString())
         written.append(path)
     return written
-
-
-def flatten_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
-    """Nested config -> {"a.b": scalar}; lists, tuples and None become strings (HParams takes scalars only)."""
-    flat: dict[str, bool | int | float | str] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_hparams(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def _to_unit_range(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""The run's per-epoch history: MODEL_DIR/history.csv and a progress plot, MODEL_DIR/progress.png.
+
+One CSV row per finished epoch (1-based `epoch`); columns `HISTORY_COLUMNS`, validation columns empty on
+epochs that were not validated, floats written in full precision. Both files are rewritten atomically after
+every epoch (`data.atomic`), so a reader never sees half a file. After a resume the rows of epochs the
+checkpoint had not finished are dropped and those epochs are written again as the run redoes them, so the CSV
+of a resumed run has the rows of an uninterrupted one (`epoch_s`, the time this process spent on the epoch,
+and `finished_at` aside).
+
+The plot (Pillow, as `calibration.reliability_png`) has four panels over the epochs: training loss,
+validation Dice (best marked), learning rate and epoch time, in the spirit of nnU-Net's `progress.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from strokenet_tf.data import atomic
+
+HISTORY_FILE = "history.csv"
+PROGRESS_FILE = "progress.png"
+HISTORY_COLUMNS = ("epoch", "stage", "global_step", "learning_rate", "focal_gamma", "train_loss", "val_dice",
+                   "val_precision", "val_recall", "best_val_dice", "epoch_s", "finished_at")
+
+
+def read_history(path: str) -> list[dict[str, str]]:
+    """The rows of a history CSV as {column: text}; [] when the file does not exist."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+class History:
+    """The history of the run in `model_dir`; a no-op when `enabled` is False (workers other than the chief).
+
+    Args:
+        model_dir: the run folder (it exists).
+        finished_epochs: epochs the restored checkpoint has finished; later rows (written by an attempt that
+            stopped before its next checkpoint) are dropped.
+        enabled: write the files.
+    """
+
+    def __init__(self, model_dir: str, finished_epochs: int, enabled: bool = True):
+        self.csv_path = os.path.join(model_dir, HISTORY_FILE)
+        self.png_path = os.path.join(model_dir, PROGRESS_FILE)
+        self._enabled = enabled
+        self.rows = read_history(self.csv_path) if enabled else []
+        kept = [row for row in self.rows if int(row["epoch"]) <= finished_epochs]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._write()
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Records one finished epoch (replacing a row of the same or a later epoch) and rewrites both files."""
+        if not self._enabled:
+            return
+        epoch = int(row["epoch"])
+        self.rows = [old for old in self.rows if int(old["epoch"]) < epoch]
+        self.rows.append({column: _text(row.get(column)) for column in HISTORY_COLUMNS})
+        self._write()
+
+    def _write(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic.atomic_write_text(self.csv_path, buffer.getvalue())
+        atomic.atomic_write_bytes(self.png_path, progress_png(self.rows))
+
+
+def _numbers(rows: Sequence[Mapping[str, str]], column: str) -> list[tuple[float, float]]:
+    return [(float(row["epoch"]), float(row[column])) for row in rows if row.get(column)]
+
+
+def progress_png(rows: Sequence[Mapping[str, str]], width: int = 720, height: int = 560) -> bytes:
+    """Four line charts over the epochs of history `rows` (as `read_history` returns them), as PNG bytes."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    panels = (
+        ("training loss", "train_loss", (200, 40, 40)),
+        ("validation Dice (o = best)", "val_dice", (30, 120, 30)),
+        ("learning rate", "learning_rate", (40, 60, 200)),
+        ("epoch time (s)", "epoch_s", (120, 70, 160)),
+    )
+    last_epoch = max([int(row["epoch"]) for row in rows] + [1])
+    half_w, half_h = width // 2, height // 2
+    for index, (title, column, colour) in enumerate(panels):
+        left, top = (index % 2) * half_w, (index // 2) * half_h
+        points = _numbers(rows, column)
+        best = _numbers(rows, "best_val_dice") if column == "val_dice" else []
+        _panel(draw, (left + 56, top + 24, left + half_w - 16, top + half_h - 36), title, points, colour,
+               last_epoch, best[-1][1] if best else None)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _panel(draw, box, title, points, colour, last_epoch, mark_value) -> None:
+    x0, y0, x1, y1 = box
+    draw.text((x0, y0 - 18), title, fill="black")
+    draw.rectangle(box, outline=(120, 120, 120))
+    if not points:
+        draw.text((x0 + 8, y0 + 8), "no values yet", fill=(120, 120, 120))
+        return
+    values = [value for _, value in points]
+    low, high = min(values), max(values)
+    if high - low < 1e-12:
+        low, high = low - 0.5 * abs(low or 1.0), high + 0.5 * abs(high or 1.0)
+
+    def xy(epoch, value):
+        x = x0 + (x1 - x0) * ((epoch - 1) / (last_epoch - 1) if last_epoch > 1 else 0.5)
+        return x, y1 - (y1 - y0) * (value - low) / (high - low)
+
+    for value, y in ((high, y0), (low, y1)):
+        draw.text((x0 - 52, y - 6), f"{value:.3g}", fill="black")
+    draw.text((x0, y1 + 4), "1", fill="black")
+    draw.text((x1 - 40, y1 + 4), f"epoch {last_epoch}", fill="black")
+    line = [xy(epoch, value) for epoch, value in points]
+    if len(line) > 1:
+        draw.line(line, fill=colour, width=2)
+    for x, y in line:
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    for epoch, value in points:
+        if mark_value is not None and value == mark_value:
+            x, y = xy(epoch, value)
+            draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline="black")
