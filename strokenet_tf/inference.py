@@ -12,7 +12,8 @@ Depth, height and width are dynamic in the input signature, so every slab size r
 same function is what `strokenet_tf.export` serialises: predict and TF-Serving cannot drift apart.
 
 Models come from a training run (`load_run`): MODEL_DIR/best.keras by default, or the newest training
-checkpoint, with the channel order and architecture read from MODEL_DIR/config.json.
+checkpoint, with the channel order read from MODEL_DIR/config.json. A `.keras` file carries its architecture
+(`strokenet.StrokeNet.get_config`); for files saved before it did, the architecture also comes from config.json.
 
 Example:
     >>> segmenter = Segmenter.from_run("runs/fold0")
@@ -79,6 +80,8 @@ class TrainedModel:
         source: the file or checkpoint the weights came from.
         run_config: MODEL_DIR/config.json as a dict ({} for a bare .keras file).
         best_record: MODEL_DIR/best.json (epoch, validation metrics), or None.
+        model_config: the architecture: carried by the model (`strokenet.StrokeNet`), else the run's config.json,
+            else (a bare `.keras` file saved before models carried it) the default architecture.
     """
 
     model: keras.Model
@@ -87,6 +90,7 @@ class TrainedModel:
     source: str
     run_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     best_record: dict[str, Any] | None = None
+    model_config: strokenet.ModelConfig = dataclasses.field(default_factory=strokenet.ModelConfig)
 
 
 def _read_run_config(model_dir: str) -> dict[str, Any]:
@@ -104,8 +108,9 @@ def load_run(path: str, source: str = "best") -> TrainedModel:
     """Loads a trained model from a training run folder or a `.keras` file.
 
     Args:
-        path: MODEL_DIR of `strokenet_tf.train`, or a `.keras` file: with a run's config.json beside it, that
-            run's channels and multiples; otherwise the default channel order and architecture multiples.
+        path: MODEL_DIR of `strokenet_tf.train`, or a `.keras` file: its own architecture (multiples), and the
+            channels of a run's config.json beside it, otherwise the default channel order. A `.keras` file saved
+            before models carried their architecture takes it from that config.json, or else the default one.
         source: "best" (MODEL_DIR/best.keras, best validation Dice) or "latest" (newest training checkpoint).
 
     Raises:
@@ -120,14 +125,15 @@ def load_run(path: str, source: str = "best") -> TrainedModel:
         if os.path.isfile(os.path.join(model_dir, checkpointing.CONFIG_FILE)):
             # A run's best.keras (or a copy beside its config.json): the run records channels and multiples.
             return _load_from_run_dir(model_dir, source, keras_path=path)
-        # A bare .keras file: the default channel order and architecture multiples. Padding changes what the
-        # normalisation layers see, so a model of another architecture needs its run folder.
+        # A bare .keras file: the default channel order. An older file without its architecture gets the
+        # default multiples; padding changes what the normalisation layers see, so another one needs its run folder.
         model = _load_keras_file(path)
         channels = isles.DEFAULT_CHANNELS
         if model.input_shape[-1] != len(channels):
             raise ModelLoadError(f"{path}: model takes {model.input_shape[-1]} channels; a bare .keras file is "
                                  f"read as {len(channels)} ({', '.join(channels)}): pass the run folder instead")
-        return TrainedModel(model, channels, strokenet.ModelConfig().required_multiples, path)
+        model_config = strokenet.model_config_of(model) or strokenet.ModelConfig()
+        return TrainedModel(model, channels, model_config.required_multiples, path, model_config=model_config)
     return _load_from_run_dir(path, source)
 
 
@@ -160,17 +166,19 @@ def _load_from_run_dir(path: str, source: str, keras_path: str | None = None) ->
         if checkpoint_path is None:
             raise ModelLoadError(f"{path}: no training checkpoint under {checkpointing.CHECKPOINT_SUBDIR}/")
         model = strokenet.build_strokenet(model_config)
-        try:
+        try:  # checkpoints hold weights only: the architecture is the run's
             tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise ModelLoadError(f"{checkpoint_path}: does not match the run's model "
                                  f"({cli.first_line(error, type(error).__name__)})") from None
         loaded_from = checkpoint_path
-    return TrainedModel(model, channels, model_config.required_multiples, loaded_from, run_config, best_record)
+    model_config = strokenet.model_config_of(model) or model_config  # a .keras file's own architecture first
+    return TrainedModel(model, channels, model_config.required_multiples, loaded_from, run_config, best_record,
+                        model_config)
 
 
 def _load_keras_file(path: str) -> keras.Model:
-    # Importing the model package registers its custom layers with Keras.
+    # Importing the model package registers its custom layers and `StrokeNet` with Keras.
     from strokenet_tf.model import normalization, refinement  # noqa: F401
 
     try:

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_round_trip import assert_keras_round_trip
+
 from strokenet_tf.model import blocks
 
 
@@ -89,8 +91,5 @@ def test_norm_variants_run_and_train(norm):
 def test_block_model_keras_round_trip(tmp_path):
     model = _block_model(3, 6, (1, 3, 3), (1, 2, 2), groups=3)
     x = np.random.default_rng(3).normal(size=(1, 2, 4, 6, 3)).astype(np.float32)
-    path = tmp_path / "block.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(restored(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+    assert_keras_round_trip(model, x, tmp_path)
     assert keras.Model.from_config(model.get_config()).count_params() == model.count_params()

@@ -131,12 +131,39 @@ def test_run_folder_loads_best_or_latest_weights(run_dir, model, make_case):
     np.testing.assert_allclose(keras_file.predict_case(case)[0], best.predict_case(case)[0], atol=1e-6)
 
 
-def test_bare_keras_file_uses_default_channels_and_multiples(run_dir, tmp_path):
+def test_bare_keras_file_carries_its_architecture(run_dir, tmp_path):
     bare = tmp_path / "model.keras"
     bare.write_bytes(open(os.path.join(run_dir[0], checkpointing.BEST_MODEL_FILE), "rb").read())
     trained = inference.load_run(str(bare))
     assert trained.channels == isles.DEFAULT_CHANNELS and trained.run_config == {}
+    assert trained.model_config == MODEL_CONFIG and trained.multiples == MODEL_CONFIG.required_multiples != \
+        strokenet.ModelConfig().required_multiples
+
+
+def _plain_functional_file(model, path):
+    """A `.keras` file as saved before `StrokeNet` carried its config (a plain functional model)."""
+    plain = keras.Model(*strokenet._network(MODEL_CONFIG), name=MODEL_CONFIG.name)
+    plain.set_weights(model.get_weights())
+    plain.save(path)
+    return path
+
+
+def test_keras_file_without_its_architecture_falls_back_to_config_json_then_defaults(run_dir, model, tmp_path,
+                                                                                     make_case):
+    old = _plain_functional_file(model, str(tmp_path / "old.keras"))
+    trained = inference.load_run(old)  # bare: the default architecture, as before
+    assert strokenet.model_config_of(trained.model) is None
     assert trained.multiples == strokenet.ModelConfig().required_multiples
+    beside = os.path.join(run_dir[0], "old_copy.keras")  # beside the run's config.json: the run's architecture
+    try:
+        _plain_functional_file(model, beside)
+        trained = inference.load_run(beside)
+        assert trained.model_config == MODEL_CONFIG and trained.multiples == MODEL_CONFIG.required_multiples
+        case = make_case(3, 20, 20)
+        np.testing.assert_allclose(inference.Segmenter.from_run(beside).predict_case(case)[0],
+                                   _reference(model, case.image, MODEL_CONFIG.required_multiples)[0], atol=1e-6)
+    finally:
+        os.remove(beside)
 
 
 def test_bad_model_paths_are_one_line_errors(tmp_path, run_dir):

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_round_trip import assert_keras_round_trip
+
 from strokenet_tf.model import refinement
 from strokenet_tf.model.refinement import LinearUpsampling3D
 
@@ -102,8 +104,5 @@ def test_refinement_model_keras_round_trip(tmp_path):
     rng = np.random.default_rng(4)
     features = [rng.normal(size=(2, 2, 8, 8, 3)), rng.normal(size=(2, 2, 4, 4, 5)), rng.normal(size=(2, 1, 2, 2, 7))]
     features = [f.astype(np.float32) for f in features]
-    path = tmp_path / "refinement.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
+    restored = assert_keras_round_trip(model, features, tmp_path)
     assert isinstance(restored.get_layer("ref0_upsample"), LinearUpsampling3D)
-    np.testing.assert_allclose(restored(features).numpy(), model(features).numpy(), rtol=1e-6, atol=1e-6)

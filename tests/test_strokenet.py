@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_round_trip import assert_keras_round_trip
+
 from strokenet_tf import losses
 from strokenet_tf.model import strokenet
 from strokenet_tf.model.strokenet import ModelConfig
@@ -76,12 +78,44 @@ def test_gradients_reach_every_trainable_weight(tiny_model):
         assert np.any(gradient != 0.0), variable.path
 
 
-def test_keras_save_load_round_trip(tmp_path, tiny_model):
+def test_keras_save_load_round_trip_carries_the_model_config(tmp_path, tiny_model):
     x = np.random.default_rng(2).normal(size=(1, 4, 16, 24, 5)).astype(np.float32)
-    path = tmp_path / "strokenet.keras"
-    tiny_model.save(path)
-    restored = keras.saving.load_model(path)
-    np.testing.assert_array_equal(restored(x).numpy(), tiny_model(x).numpy())
+    restored = assert_keras_round_trip(tiny_model, x, tmp_path)
+    assert isinstance(restored, strokenet.StrokeNet)
+    assert strokenet.model_config_of(restored) == strokenet.tiny_model_config(in_channels=5)
+    assert restored.get_config()["model_config"]["widths"] == [4, 8, 8]  # the constructor arguments, not layers
+
+
+def test_saved_model_config_is_json_and_rebuilds_the_same_architecture(tiny_model):
+    config = json.loads(json.dumps(tiny_model.get_config()))
+    rebuilt = strokenet.StrokeNet.from_config(config)
+    assert rebuilt.model_config == tiny_model.model_config and rebuilt.name == tiny_model.name
+    assert [w.shape for w in rebuilt.weights] == [w.shape for w in tiny_model.weights]
+
+
+def test_mixed_float16_model_reloads_under_its_policy(tmp_path):
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        model = strokenet.build_strokenet(strokenet.tiny_model_config(in_channels=2))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.random.default_rng(4).normal(size=(1, 2, 8, 8, 2)).astype(np.float32)
+    restored = assert_keras_round_trip(model, x, tmp_path)
+    assert restored.dtype_policy.name == "mixed_float16"
+    assert restored.get_layer("stem_conv").compute_dtype == "float16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # loading leaves the global policy alone
+
+
+def test_weights_of_a_plain_functional_model_restore_into_strokenet(tmp_path):
+    """Checkpoints written before `StrokeNet` (a plain `keras.Model`) restore into it: same object graph."""
+    config = strokenet.tiny_model_config(in_channels=2)
+    keras.utils.set_random_seed(5)
+    plain = keras.Model(*strokenet._network(config), name=config.name)
+    path = tf.train.Checkpoint(model=plain).save(str(tmp_path / "ckpt"))
+    model = strokenet.build_strokenet(config)
+    tf.train.Checkpoint(model=model).restore(path).assert_existing_objects_matched()
+    x = np.random.default_rng(6).normal(size=(1, 2, 8, 8, 2)).astype(np.float32)
+    np.testing.assert_array_equal(model(x).numpy(), plain(x).numpy())
 
 
 def test_mixed_float16_policy_outputs_float32():

@@ -57,9 +57,7 @@ def load_segmenter(run_dir: str | None) -> tuple[inference.Segmenter, strokenet.
     """
     if run_dir:
         segmenter = inference.Segmenter.from_run(run_dir)
-        model_config = segmenter.trained.run_config.get("model")
-        config = strokenet.ModelConfig.from_dict(model_config) if model_config else strokenet.ModelConfig()
-        return segmenter, config, segmenter.trained.source
+        return segmenter, segmenter.trained.model_config, segmenter.trained.source
     config = strokenet.ModelConfig()
     model = strokenet.build_strokenet(config)
     return inference.Segmenter(model, isles.DEFAULT_CHANNELS, config.required_multiples), config, "untrained"

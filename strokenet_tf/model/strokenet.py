@@ -161,15 +161,68 @@ def tiny_model_config(in_channels: int = 5) -> ModelConfig:
     )
 
 
-def build_strokenet(config: ModelConfig = ModelConfig()) -> keras.Model:
-    """Builds StrokeNet as a functional Keras model.
+@keras.saving.register_keras_serializable(package="strokenet_tf")
+class StrokeNet(keras.Model):
+    """StrokeNet as a functional Keras model that carries its `ModelConfig` (see the module docstring).
+
+    As keras-hub's backbones, `get_config` returns the constructor arguments (the `ModelConfig` as a dict, the
+    name, trainability and dtype policy) rather than the layer graph, and `from_config` calls the constructor;
+    so a saved `.keras` file describes itself: `keras.saving.load_model(path)` (after importing this module,
+    which registers the class) gives a `StrokeNet` whose `model_config` holds the architecture and hence the
+    padding multiples. Files saved before this class load as plain functional models with the same layers.
+
+    Args:
+        model_config: the architecture.
+        dtype: Keras dtype policy the layers are built under (default: the global policy); the logits layer is
+            float32 under any policy.
+        name: Keras model name (default: `model_config.name`).
+        trainable: whether the weights are trainable.
+
+    Call: `[batch, depth, height, width, in_channels]` float32 images (any spatial size that is a multiple of
+    `model_config.required_multiples`; pad with `data.preprocess.pad_to_multiple`) -> logits
+    `[batch, depth, height, width, 1]` float32.
+    """
+
+    def __init__(self, model_config: ModelConfig = ModelConfig(), dtype=None, name: str | None = None,
+                 trainable: bool = True, **kwargs):
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.mixed_precision.global_policy()
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            inputs, logits = _network(model_config)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        super().__init__(inputs, logits, name=name or model_config.name, trainable=trainable, **kwargs)
+        self.dtype_policy = policy  # the functional constructor ignores `dtype`
+        self.model_config = model_config
+
+    def get_config(self) -> dict:
+        # Not chained to super: a functional model's config is its layer graph, which the constructor rebuilds.
+        return {"model_config": self.model_config.to_dict(), "name": self.name, "trainable": self.trainable,
+                "dtype": self.dtype_policy.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "StrokeNet":
+        config = dict(config)
+        return cls(ModelConfig.from_dict(config.pop("model_config")), **config)
+
+
+def model_config_of(model: keras.Model) -> ModelConfig | None:
+    """The `ModelConfig` a model carries (a `StrokeNet`), or None (a plain functional model, e.g. a `.keras` file
+    saved before `StrokeNet` existed)."""
+    config = getattr(model, "model_config", None)
+    return config if isinstance(config, ModelConfig) else None
+
+
+def build_strokenet(config: ModelConfig = ModelConfig()) -> StrokeNet:
+    """Builds StrokeNet under the global dtype policy: `StrokeNet(config)`.
 
     Args:
         config: the architecture.
 
     Returns:
-        A model from `[batch, depth, height, width, in_channels]` float32 images (any spatial size that is a
-        multiple of `config.required_multiples`; pad with `data.preprocess.pad_to_multiple`) to logits
+        A `StrokeNet` from `[batch, depth, height, width, in_channels]` float32 images (any spatial size that is
+        a multiple of `config.required_multiples`; pad with `data.preprocess.pad_to_multiple`) to logits
         `[batch, depth, height, width, 1]` float32.
 
     Example:
@@ -177,6 +230,11 @@ def build_strokenet(config: ModelConfig = ModelConfig()) -> keras.Model:
     >>> model(np.zeros((1, 2, 16, 16, 5), "float32")).shape
     TensorShape([1, 2, 16, 16, 1])
     """
+    return StrokeNet(config)
+
+
+def _network(config: ModelConfig):
+    """The layer graph of StrokeNet: (input tensor, logits tensor)."""
     norm_args = dict(norm=config.norm, norm_groups=config.norm_groups, activation=config.activation)
     inputs = keras.Input((None, None, None, config.in_channels), name="image")
 
@@ -207,4 +265,4 @@ def build_strokenet(config: ModelConfig = ModelConfig()) -> keras.Model:
         1, 1, padding="same", dtype="float32",
         bias_initializer=keras.initializers.Constant(config.output_bias_init), name="logits",
     )(x)
-    return keras.Model(inputs, logits, name=config.name)
+    return inputs, logits
