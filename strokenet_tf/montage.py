@@ -6,7 +6,7 @@ volumes when given and a colour key; each column states its map's display window
 predicted lesion is outlined in red (its outer boundary, `skimage.segmentation.find_boundaries(mode="outer")`,
 so the tissue under the outline stays visible) with a dark halo that keeps it visible on bright tissue; a ground
 truth, when given, in green; the Tmax > 6 s hypoperfusion of the perfusion report, when given, in yellow. A
-lesion too small to see at a glance (`SMALL_LESION_AREA_VOXELS`) is also ringed. Small tiles are enlarged
+lesion too small to see at a glance (`SMALL_LESION_AREA_VOXELS`) is also ringed (`_small_lesions`). Small tiles are enlarged
 (nearest neighbour) to at least `MIN_TILE_PX`; text uses Pillow's bundled scalable font. Tiles are cropped to
 the head (brain mask plus a margin).
 
@@ -47,6 +47,7 @@ MIN_TILE_PX = 128
 MIN_WIDTH_PX = 560
 FONT_PX = 14
 SMALL_LESION_AREA_VOXELS = 25
+MAX_RINGED_COMPONENTS = 3
 _GAP_PX = 3
 CT_BRAIN_WINDOW_HU = (0.0, 80.0)
 VESSEL_CBV_OVER_MEDIAN = 3.0
@@ -174,16 +175,20 @@ def _enlarge(plane: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(plane, scale, axis=0), scale, axis=1) if scale > 1 else plane
 
 
-def _small_lesions(mask_zyx: np.ndarray) -> np.ndarray:
-    """The components (26-connected) whose largest in-plane section has at most `SMALL_LESION_AREA_VOXELS`."""
+def _small_lesions(mask_zyx: np.ndarray | None) -> np.ndarray | None:
+    """The voxels to ring: all of a lesion that is tiny (every component's largest in-plane section has at most
+    `SMALL_LESION_AREA_VOXELS`), its `MAX_RINGED_COMPONENTS` largest components; none when any component is
+    larger (it draws the eye already, and rings round scattered specks would only clutter)."""
+    if mask_zyx is None:
+        return None
     labels, count = metrics.lesion_components(mask_zyx, 26)
-    if not count:
-        return np.zeros_like(mask_zyx)
     largest = np.zeros(count + 1, int)
     for plane in labels:
         largest = np.maximum(largest, np.bincount(plane.ravel(), minlength=count + 1))
-    small = np.flatnonzero(largest <= SMALL_LESION_AREA_VOXELS)
-    return np.isin(labels, small[small > 0])
+    if not count or largest[1:].max() > SMALL_LESION_AREA_VOXELS:
+        return np.zeros_like(mask_zyx)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    return np.isin(labels, 1 + np.argsort(-sizes, kind="stable")[:MAX_RINGED_COMPONENTS])
 
 
 def _ring(shape: tuple[int, int], region: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +211,7 @@ def _outline(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return line, ndimage.binary_dilation(line, np.ones((3, 3), bool)) & ~region & ~line
 
 
-def _overlays(z, scale, crop, mask_d, truth_d, hypo_d, small_d) -> list[tuple[np.ndarray, tuple]]:
+def _overlays(z, scale, crop, masks, hypo_d) -> list[tuple[np.ndarray, tuple]]:
     """(pixels, colour) layers of one slice at display size, in drawing order."""
     def plane(volume):
         return _enlarge(_radiological(volume[z][crop]), scale)
@@ -214,11 +219,11 @@ def _overlays(z, scale, crop, mask_d, truth_d, hypo_d, small_d) -> list[tuple[np
     layers = []
     if hypo_d is not None:
         layers.append((find_boundaries(plane(hypo_d), mode="outer"), HYPOPERFUSION_RGB))
-    for volume, colour in ((truth_d, TRUTH_RGB), (mask_d, PREDICTION_RGB)):
+    for (volume, small), colour in zip(masks, (TRUTH_RGB, PREDICTION_RGB)):
         if volume is None:
             continue
         line, halo = _outline(plane(volume))
-        ring, ring_halo = _ring(line.shape, plane(volume & small_d), scale)
+        ring, ring_halo = _ring(line.shape, plane(small), scale)
         layers += [(halo | ring_halo, HALO_RGB), (line | ring, colour)]
     return layers
 
@@ -259,7 +264,7 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
                  if vessel_source else np.zeros_like(brain_d))
     slices = choose_slices(mask_d, max_slices)
     crop = _crop_box(brain_d | mask_d | (truth_d if truth_d is not None else False))
-    small_d = _small_lesions(mask_d | (truth_d if truth_d is not None else False))
+    masks = [(truth_d, _small_lesions(truth_d)), (mask_d, _small_lesions(mask_d))]
     maps, windows = [], []
     for channel in channels:
         values = to_display(case.image[..., case.channels.index(channel)])
@@ -269,7 +274,7 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
     scale = int(min(8, max(1, math.ceil(MIN_TILE_PX / max(crop_h, crop_w, 1)))))
     tiles_by_row = []
     for z in slices:
-        layers = _overlays(z, scale, crop, mask_d, truth_d, hypo_d, small_d)
+        layers = _overlays(z, scale, crop, masks, hypo_d)
         row = []
         for grey in maps:
             rgb = np.repeat(_enlarge(_radiological(grey[z][crop]), scale)[..., np.newaxis], 3, axis=-1) * 255.0
@@ -286,7 +291,7 @@ def render_montage(case: isles.Case, mask: np.ndarray, truth: np.ndarray | None 
     if not annotate:
         return _grid(tiles_by_row, gap=_GAP_PX)
     return _assemble(tiles_by_row, columns, slices, mask_d.shape[0], heading, caption, key,
-                     ringed=bool(small_d[slices].any()))
+                     ringed=any(small is not None and small[slices].any() for _, small in masks))
 
 
 @dataclasses.dataclass(frozen=True)

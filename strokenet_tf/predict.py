@@ -11,7 +11,7 @@ a cross_validate folder or run folders separated by commas (an ensemble: mirrore
 `strokenet_tf.ensemble`), or an exported SavedModel version folder. Each case gets a uint8 mask in the input's
 exact geometry, an uncertainty map, a montage PNG, a JSON report (lesion volume in mL, connected components, the
 perfusion-mismatch report: research output, not a medical device) and optionally the probability map (see
-`strokenet_tf.prediction`); a run of several cases also writes OUTPUT_DIR/perfusion_report.csv. Exit codes: 0 all cases done, 1 some case failed (reported and skipped), 2 bad flags
+`strokenet_tf.prediction`); a run of several cases also writes OUTPUT_DIR/summary.csv (one row per case). Exit codes: 0 all cases done, 1 some case failed (reported and skipped), 2 bad flags
 or inputs that stop the whole run.
 """
 

@@ -232,3 +232,16 @@ def test_font_is_scalable_and_bundled():
     assert isinstance(large, ImageFont.FreeTypeFont)
     assert large.getbbox("Hg")[3] > 1.6 * small.getbbox("Hg")[3]
     assert small.getlength("R on left") > small.getlength("Ronleft")  # spaces are kept apart
+
+
+def test_no_rings_round_specks_beside_a_large_lesion(make_case):
+    block = [(0, y, x) for y in range(10, 20) for x in range(10, 20)]
+    alone = _bright_case(make_case, [(0, 30, 30)])
+    beside = _bright_case(make_case, block + [(0, 30, 30)])
+    block_only = _bright_case(make_case, block)
+    count = [_red(montage.render_montage(c, c.label, channels=(isles.CT,), max_slices=1, annotate=False)).sum()
+             for c in (alone, beside, block_only)]
+    # The speck alone is ringed (more red than the block's outline minus its own); beside a large lesion it only
+    # adds its outline (at most 8 x scale pixels).
+    scale = montage.MIN_TILE_PX // 40 + 1
+    assert count[0] > 40 and 0 < count[1] - count[2] <= 8 * scale
