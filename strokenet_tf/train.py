@@ -174,10 +174,12 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     except OSError as error:  # an unwritable --model_dir, a full disk, ...
         _fail(cli.os_error_line(error, config.model_dir))
     if distribute.is_chief(strategy):
+        # The run's one summary line (the trainer's log has one line per epoch, none at the end).
         print(
             f"Finished {result.epochs_done} epochs ({result.global_step} steps). Best validation Dice "
             f"{result.best_val_dice:.4f} at epoch {result.best_epoch}: {result.best_model_path}. "
-            f"Checkpoints: {config.model_dir}/checkpoints. TensorBoard: tensorboard --logdir {config.model_dir}"
+            f"History: {result.history_path} and progress.png. Checkpoints: {config.model_dir}/checkpoints. "
+            f"TensorBoard: tensorboard --logdir {config.model_dir}", flush=True,
         )
 
 

@@ -85,40 +85,43 @@ def _numbers(rows: Sequence[Mapping[str, str]], column: str) -> list[tuple[float
     return [(float(row["epoch"]), float(row[column])) for row in rows if row.get(column)]
 
 
-def progress_png(rows: Sequence[Mapping[str, str]], width: int = 720, height: int = 560) -> bytes:
+def progress_png(rows: Sequence[Mapping[str, str]], width: int = 760, height: int = 560) -> bytes:
     """Four line charts over the epochs of history `rows` (as `read_history` returns them), as PNG bytes."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    fonts = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
     panels = (
-        ("training loss", "train_loss", (200, 40, 40)),
-        ("validation Dice (o = best)", "val_dice", (30, 120, 30)),
-        ("learning rate", "learning_rate", (40, 60, 200)),
-        ("epoch time (s)", "epoch_s", (120, 70, 160)),
+        ("training loss", "train_loss", (200, 40, 40), None),
+        ("validation Dice (ring: best)", "val_dice", (30, 120, 30), (0.0, 1.0)),
+        ("learning rate", "learning_rate", (40, 60, 200), None),
+        ("epoch time (s)", "epoch_s", (120, 70, 160), None),
     )
     last_epoch = max([int(row["epoch"]) for row in rows] + [1])
+    best = _numbers(rows, "best_val_dice")
+    best_epoch = next((epoch for epoch, value in _numbers(rows, "val_dice") if best and value == best[-1][1]), None)
     half_w, half_h = width // 2, height // 2
-    for index, (title, column, colour) in enumerate(panels):
+    for index, (title, column, colour, value_range) in enumerate(panels):
         left, top = (index % 2) * half_w, (index // 2) * half_h
-        points = _numbers(rows, column)
-        best = _numbers(rows, "best_val_dice") if column == "val_dice" else []
-        _panel(draw, (left + 56, top + 24, left + half_w - 16, top + half_h - 36), title, points, colour,
-               last_epoch, best[-1][1] if best else None)
+        box = (left + 64, top + 30, left + half_w - 20, top + half_h - 40)
+        _panel(draw, fonts, box, title, _numbers(rows, column), colour, last_epoch, value_range,
+               best_epoch if column == "val_dice" else None)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _panel(draw, box, title, points, colour, last_epoch, mark_value) -> None:
+def _panel(draw, fonts, box, title, points, colour, last_epoch, value_range, ring_epoch) -> None:
     x0, y0, x1, y1 = box
-    draw.text((x0, y0 - 18), title, fill="black")
+    title_font, label_font = fonts
+    draw.text((x0, y0 - 22), title, fill="black", font=title_font)
     draw.rectangle(box, outline=(120, 120, 120))
     if not points:
-        draw.text((x0 + 8, y0 + 8), "no values yet", fill=(120, 120, 120))
+        draw.text((x0 + 8, y0 + 8), "no values yet", fill=(120, 120, 120), font=label_font)
         return
     values = [value for _, value in points]
-    low, high = min(values), max(values)
+    low, high = value_range or (min(values), max(values))
     if high - low < 1e-12:
         low, high = low - 0.5 * abs(low or 1.0), high + 0.5 * abs(high or 1.0)
 
@@ -127,15 +130,13 @@ def _panel(draw, box, title, points, colour, last_epoch, mark_value) -> None:
         return x, y1 - (y1 - y0) * (value - low) / (high - low)
 
     for value, y in ((high, y0), (low, y1)):
-        draw.text((x0 - 52, y - 6), f"{value:.3g}", fill="black")
-    draw.text((x0, y1 + 4), "1", fill="black")
-    draw.text((x1 - 40, y1 + 4), f"epoch {last_epoch}", fill="black")
+        draw.text((x0 - 6, y), f"{value:.3g}", fill="black", font=label_font, anchor="rm")
+    draw.text((x0, y1 + 4), "epoch 1", fill="black", font=label_font)
+    draw.text((x1, y1 + 4), str(last_epoch), fill="black", font=label_font, anchor="ra")
     line = [xy(epoch, value) for epoch, value in points]
     if len(line) > 1:
         draw.line(line, fill=colour, width=2)
-    for x, y in line:
+    for (epoch, _), (x, y) in zip(points, line):
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-    for epoch, value in points:
-        if mark_value is not None and value == mark_value:
-            x, y = xy(epoch, value)
-            draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline="black")
+        if epoch == ring_epoch:
+            draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline="black", width=2)

@@ -19,6 +19,8 @@ from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary as hp_summary
 
+from strokenet_tf.config import RUNTIME_FIELDS
+
 SHOWN = ("batch_size", "curriculum", "fold", "learning_rate", "patch_size")
 METRIC_TAG_PREFIX = "hparams/"
 # (name, display name), in the dashboard's column order; its first five are ticked.
@@ -30,10 +32,8 @@ METRICS = (
     ("val_recall", "last val recall"),
     ("train_loss", "last train loss"),
 )
-# Settings that change how a run executes, not what it computes, or that the per-stage values replace.
-_LEFT_OUT = ("model_dir", "verbose", "log_every_steps", "keep_checkpoints", "checkpoint_every_steps",
-             "cpu_devices", "strategy", "curriculum.stages", "pipeline.patch_size", "pipeline.batch_size",
-             "pipeline.seed", "pipeline.multiples")
+# Besides the runtime fields: the stages, which the per-stage values replace.
+_LEFT_OUT = RUNTIME_FIELDS + ("curriculum.stages",)
 
 
 def flatten_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -57,7 +57,8 @@ def _per_stage(values: Iterable[str]) -> str:
 
 
 def run_hparams(config) -> dict[str, bool | int | float | str]:
-    """The settings of a `TrainConfig` as HParams: the curriculum's per-stage values first, then the rest.
+    """The settings of a `TrainConfig` as HParams: the curriculum's per-stage values first, then the rest
+    (without `config.RUNTIME_FIELDS`, which do not change what a run computes).
 
     Per-stage settings (learning rate, patch size, focal gamma/alpha, Dice weight) are strings holding one value,
     or one per stage in order ("0.001, 0.0005"), so runs with and without a curriculum compare in one column.

@@ -60,19 +60,23 @@ class RunLog:
 
 
 class EpochClock:
-    """Epoch durations of this process and the whole-run ETA (mean epoch time x epochs left)."""
+    """Epoch durations of this process and the whole-run ETA: the mean of the latest `window` epochs times the
+    epochs left. The process's first epoch (which traces the step function) counts only while it is the only one.
+    """
 
-    def __init__(self, total_epochs: int):
+    def __init__(self, total_epochs: int, window: int = 5):
         self.total_epochs = total_epochs
+        self.window = window
         self._seconds: list[float] = []
 
     def add(self, seconds: float) -> None:
         self._seconds.append(seconds)
 
     def eta_s(self, epochs_done: int) -> float:
-        if not self._seconds:
+        recent = (self._seconds[1:] or self._seconds)[-self.window:]
+        if not recent:
             return float("nan")
-        return sum(self._seconds) / len(self._seconds) * max(self.total_epochs - epochs_done, 0)
+        return sum(recent) / len(recent) * max(self.total_epochs - epochs_done, 0)
 
 
 def epoch_line(epoch: int, total_epochs: int, stage: str, seconds: float, train_loss: float | None,
