@@ -10,7 +10,7 @@ percentile scaling, so vendor scales do not matter), both directions (below / ab
 `NUM_THRESHOLDS` quantiles of the pooled brain voxels; voxels outside the brain mask are never lesion.
 
 Usage:
-    python -m strokenet_tf.baselines --model_dir=demo_runs/fold0      # the fold of a training run
+    python -m strokenet_tf.baselines --model=demo_runs/fold0      # the fold of a training run
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from strokenet_tf import cli, metrics
 
@@ -172,15 +172,15 @@ def score_held_out(rule: ThresholdRule, cases: Sequence, channels: Sequence[str]
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines the command's flags (by `__main__` only, so importing this module defines none)."""
-    flags.DEFINE_string("model_dir", None, "Training run folder: its config.json names the data, fold and channels.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("output", None, "Optional JSON file for the result (default: "
-                        "MODEL_DIR/threshold_baseline.json).", flag_values=flag_values)
+    cli.define_shared(flag_values, "model", "output",
+                      help={"model": "Training run folder: its config.json names the data, fold and channels.",
+                            "output": "JSON file for the result (default: MODEL/threshold_baseline.json)."})
     flags.DEFINE_string("eval_data_dir", None, "Optional root of held-out labelled cases: the fitted rule and the "
                         "RAPID-like rule are scored on them too.", flag_values=flag_values)
     flags.DEFINE_string("eval_split", "TRAINING", "Split folder of --eval_data_dir (labelled cases).",
                         flag_values=flag_values)
-    flags.mark_flag_as_required("model_dir", flag_values=flag_values)
+    flags.mark_flag_as_required("model", flag_values=flag_values)
+    cli.define_old_names(flag_values, TOOL, {"model_dir": "model"})
 
 
 def main(argv):
@@ -189,10 +189,10 @@ def main(argv):
     from strokenet_tf.data import atomic, isles
     from strokenet_tf.training import checkpointing, loop
 
-    model_dir = flags.FLAGS.model_dir
+    model_dir = flags.FLAGS.model
     config_path = os.path.join(model_dir or "", checkpointing.CONFIG_FILE)
     if not model_dir or not os.path.isfile(config_path):
-        cli.fail(TOOL, f"--model_dir={model_dir}: not a training run (no config.json)")
+        cli.fail(TOOL, f"--model={model_dir}: not a training run (no config.json)")
     output = flags.FLAGS.output or os.path.join(model_dir, "threshold_baseline.json")
     if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         cli.fail(TOOL, f"--output={output}: folder {os.path.dirname(os.path.abspath(output))} does not exist")
@@ -226,5 +226,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -34,6 +34,7 @@ from strokenet_tf.cli_flags import (  # noqa: F401  (re-exported: the entry poin
     define_config_flags,
     define_old_names,
     define_shared,
+    mirror_setting,
     old_names,
 )
 from strokenet_tf.cli_startup import quiet_tensorflow  # noqa: F401

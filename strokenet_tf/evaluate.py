@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags
+from absl import flags
 
 from strokenet_tf import cli
 
@@ -27,25 +27,22 @@ TOOL = "strokenet_tf.evaluate"
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the evaluator's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
-    cli.define_model_flags(flag_values)
-    flags.DEFINE_enum("model_source", "best", ["best", "latest"], "For a run folder: best.keras or the newest "
-                      "training checkpoint.", **fv)
-    flags.DEFINE_float("threshold", None, "Mask = probability >= threshold (default 0.5; an export fixes its own).",
-                       **fv)
-    flags.DEFINE_string("data_dir", None, "Dataset root, split folder or case folder (default: the run's).", **fv)
+    cli.define_shared(flag_values, "model", "model_source", "mirror", "precision", "threshold", "data_dir",
+                      "output_dir", "overwrite", "progress",
+                      help={"data_dir": "Dataset root, split folder or case folder (default: the run's).",
+                            "output_dir": "Where per_case.csv and summary.json go.",
+                            "overwrite": "Replace existing per_case.csv / summary.json.",
+                            "progress": "Show a progress bar over cases."})
     flags.DEFINE_string("split", None, "Split to score, TRAINING or TESTING (default: the run's, else TRAINING).",
                         **fv)
     flags.DEFINE_integer("fold", None, "Score only the cases of this held-out fold (default: every case).", **fv)
     flags.DEFINE_integer("num_folds", None, "Folds of the split (default: the run's).", **fv)
     flags.DEFINE_integer("seed", None, "Seed of the split (default: the run's).", **fv)
     flags.DEFINE_string("patient_map", None, "case_id,patient_id CSV of the split (default: the run's).", **fv)
-    flags.DEFINE_string("output_dir", None, "Where per_case.csv and summary.json go.", **fv)
     flags.DEFINE_string("empty_score", "zero", "Precision/recall when their denominator is empty and the other "
                         "mask is not: zero, one, nan or a number.", **fv)
     flags.DEFINE_string("empty_distance", "nan", "Hausdorff distance when exactly one mask is empty: nan (left out "
                         "of the mean, counted as n_nan), inf, zero or a number in mm.", **fv)
-    flags.DEFINE_boolean("overwrite", False, "Replace existing per_case.csv / summary.json.", **fv)
-    flags.DEFINE_boolean("progress", True, "Show a progress bar over cases.", **fv)
     flags.mark_flags_as_required(["model", "output_dir"], flag_values=flag_values)
 
 
@@ -90,7 +87,7 @@ def config_from_flags(flag_values) -> EvaluateConfig:
         raise UsageError(f"--threshold must be in (0, 1), got {threshold}")
     return EvaluateConfig(
         model=flag_values.model, output_dir=flag_values.output_dir, model_source=flag_values.model_source,
-        threshold=threshold, mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
+        threshold=threshold, mirror=cli.mirror_setting(flag_values.mirror),
         precision=flag_values.precision,
         data_dir=flag_values.data_dir, split=flag_values.split, fold=flag_values.fold,
         num_folds=flag_values.num_folds, seed=flag_values.seed, patient_map=flag_values.patient_map,
@@ -185,5 +182,4 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,10 +1,10 @@
 r"""Exports a trained StrokeNet run as a TF-Serving SavedModel: EXPORT_BASE/<model_name>/<version>/.
 
 Usage:
-    python -m strokenet_tf.export --model_dir=runs/fold0 --export_base=exports [--model_name=strokenet]
-        [--version=N] [--overwrite] [--source=best|latest] [--threshold=0.5] [--warmup_depths=8]
-    python -m strokenet_tf.export --model_dir=runs/cv --export_base=exports     # every fold as one ensemble
-    python -m strokenet_tf.export --model_dir=runs/a,runs/b --export_base=exports [--mirror=off]
+    python -m strokenet_tf.export --model=runs/fold0 --export_base=exports [--model_name=strokenet]
+        [--version=N] [--overwrite] [--model_source=best|latest] [--threshold=0.5] [--warmup_depths=8]
+    python -m strokenet_tf.export --model=runs/cv --export_base=exports     # every fold as one ensemble
+    python -m strokenet_tf.export --model=runs/a,runs/b --export_base=exports [--mirror=off]
 
 The SavedModel's `serving_default` signature takes raw perfusion maps float32 [batch, depth, height, width,
 channels] (channel order in assets.extra/strokenet_metadata.json) and returns "probabilities" (float32) and
@@ -18,7 +18,7 @@ version folder and the `docker run` command that serves it (see export/README.md
 from __future__ import annotations
 
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
 from strokenet_tf import cli, inference
@@ -27,17 +27,25 @@ from strokenet_tf.serving import export_lib, warmup
 FLAGS = flags.FLAGS
 
 
+TOOL = "strokenet_tf.export"
+OLD_NAMES = {"model_dir": "model", "source": "model_source"}
+
+
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the exporter's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("model_dir", None, "Training run folder (config.json, best.keras, checkpoints/) or a "
-                        ".keras file; several separated by commas, or a cross_validate folder (every fold), export "
-                        "one ensemble.", **fv)
-    flags.DEFINE_enum("mirror", "auto", ["auto", "on", "off"], "Left-right test-time mirroring (auto: on for an "
-                      "ensemble, off for a single run).", **fv)
-    flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "mixed_float16"], "Compute dtype of the "
-                      "exported network (float32 runs everywhere; bfloat16 for CPUs with AVX512_BF16/AMX, "
-                      "mixed_float16 for GPUs).", **fv)
+    cli.define_shared(
+        flag_values, "model", "model_source", "mirror", "precision", "threshold", "overwrite",
+        help={"model": "Training run folder (config.json, best.keras, checkpoints/) or a .keras file; several "
+                       "separated by commas, or a cross_validate folder (every fold), export one ensemble.",
+              "mirror": "Left-right test-time mirroring (auto: on for an ensemble, off for a single run).",
+              "precision": "Compute dtype of the exported network (float32 runs everywhere; bfloat16 for CPUs "
+                           "with AVX512_BF16/AMX, mixed_float16 for GPUs).",
+              "threshold": "Mask = probabilities >= threshold, fixed in the export.",
+              "overwrite": "Replace an existing version folder."},
+        defaults={"precision": "float32", "threshold": inference.DEFAULT_THRESHOLD},
+        enum_values={"precision": ["float32", "bfloat16", "mixed_float16"]},
+    )
     flags.DEFINE_float("temperature", None, "Temperature scaling instead of the calibration map of the "
                        "cross_validate folder's calibration.json.", **fv)
     flags.DEFINE_string("export_base", None, "EXPORT_BASE: the version is written to "
@@ -45,17 +53,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                         "EXPORT_BASE/<model_name>).", **fv)
     flags.DEFINE_string("model_name", export_lib.DEFAULT_MODEL_NAME, "TF-Serving model name.", **fv)
     flags.DEFINE_integer("version", None, "Model version (positive integer); default: the next free one.", **fv)
-    flags.DEFINE_boolean("overwrite", False, "Replace an existing version folder.", **fv)
-    flags.DEFINE_enum("source", "best", list(inference.MODEL_SOURCES),
-                      "Weights: best (best.keras, best validation Dice) or latest (newest checkpoint).", **fv)
-    flags.DEFINE_float("threshold", inference.DEFAULT_THRESHOLD, "Mask = probabilities >= threshold.", **fv)
     flags.DEFINE_list("warmup_depths", [str(d) for d in warmup.DEFAULT_DEPTHS],
                       "Slice counts of the synthetic warmup requests (one each; e.g. 2,4,8,16,22 pre-tunes every "
                       "ISLES slab depth at ~1.3 MB per slice); empty for no warmup file.", **fv)
     flags.DEFINE_integer("warmup_size", warmup.DEFAULT_SIZE, "In-plane size of the warmup volumes.", **fv)
     flags.DEFINE_boolean("verify", True, "Reload the staged SavedModel and compare it with the in-process "
                          "Segmenter before publishing it.", **fv)
-    flags.mark_flags_as_required(["model_dir", "export_base"], flag_values=flag_values)
+    flags.mark_flags_as_required(["model", "export_base"], flag_values=flag_values)
+    cli.define_old_names(flag_values, TOOL, OLD_NAMES)
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.ExportConfig:
@@ -66,28 +71,28 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.Expor
         raise export_lib.ExportError(f"--warmup_depths: expected integers, got "
                                      f"{','.join(flag_values.warmup_depths)}") from None
     return export_lib.ExportConfig(
-        model_dir=flag_values.model_dir,
+        model_dir=flag_values.model,
         export_base=flag_values.export_base,
         model_name=flag_values.model_name,
         version=flag_values.version,
-        source=flag_values.source,
+        source=flag_values.model_source,
         threshold=flag_values.threshold,
         overwrite=flag_values.overwrite,
         warmup_depths=depths,
         warmup_size=flag_values.warmup_size,
         verify=flag_values.verify,
-        mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
+        mirror=cli.mirror_setting(flag_values.mirror),
         temperature=flag_values.temperature,
         precision=flag_values.precision,
     ).validate()
 
 
 def _fail(message: str) -> None:
-    cli.fail("strokenet_tf.export", message)
+    cli.fail(TOOL, message)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
-    cli.reject_arguments("strokenet_tf.export", argv)
+    cli.reject_arguments(TOOL, argv)
     # TensorFlow's SavedModel writer logs INFO lines per function and file; the summary below is what matters.
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -113,5 +118,4 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags
+from absl import flags
 
 from strokenet_tf import cli
 from strokenet_tf import montage as montage_lib
@@ -35,23 +35,19 @@ MODALITY_FLAGS = {"ct": isles.CT, "cbf": isles.CBF, "cbv": isles.CBV, "mtt": isl
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the predictor's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
     fv = {"flag_values": flag_values}
-    cli.define_model_flags(flag_values)
+    cli.define_shared(flag_values, "model", "model_source", "mirror", "precision", "threshold", "output_dir",
+                      "overwrite", "progress",
+                      help={"output_dir": "Where the outputs go, one folder per case (never inside the input).",
+                            "progress": "Show a progress bar over cases."})
     flags.DEFINE_boolean("save_uncertainty", True, "Write the uncertainty map (predictive entropy, bits).", **fv)
-    flags.DEFINE_enum("model_source", "best", ["best", "latest"], "For a run folder: best.keras or the newest "
-                      "training checkpoint.", **fv)
-    flags.DEFINE_float("threshold", None, "Mask = probability >= threshold (default 0.5; an export fixes its own).",
-                       **fv)
     flags.DEFINE_string("input", None, "A case folder, a folder of case folders, or an ISLES root.", **fv)
     for name, modality in MODALITY_FLAGS.items():
         flags.DEFINE_string(name, None, f"{modality} NIfTI file of one case (instead of --input).", **fv)
     flags.DEFINE_string("case_id", None, "Name of a case given as files (default: the folder holding them).", **fv)
-    flags.DEFINE_string("output_dir", None, "Where the outputs go, one folder per case.", **fv)
     flags.DEFINE_boolean("save_probabilities", False, "Also write the float32 probability map.", **fv)
     flags.DEFINE_boolean("montage", True, "Write a PNG montage of axial slices with the lesion outlined.", **fv)
     flags.DEFINE_integer("montage_slices", montage_lib.DEFAULT_MAX_SLICES, "Most axial slices in the montage.",
                          lower_bound=1, **fv)
-    flags.DEFINE_boolean("overwrite", False, "Replace outputs that already exist (inputs are never replaced).", **fv)
-    flags.DEFINE_boolean("progress", True, "Show a progress bar over cases.", **fv)
     flags.DEFINE_boolean("maps_from_4d", False, "Compute CBF/CBV/MTT/Tmax from CT_4DPWI (oSVD deconvolution) even "
                          "when the maps exist; cases without the maps get them from CT_4DPWI anyway.", **fv)
     flags.mark_flags_as_required(["model", "output_dir"], flag_values=flag_values)
@@ -127,7 +123,7 @@ def config_from_flags(flag_values) -> PredictConfig:
     _check_paths(flag_values.model, flag_values.input, files, flag_values.output_dir)
     return PredictConfig(
         model=flag_values.model, output_dir=flag_values.output_dir, model_source=flag_values.model_source,
-        threshold=threshold, mirror={"auto": None, "on": True, "off": False}[flag_values.mirror],
+        threshold=threshold, mirror=cli.mirror_setting(flag_values.mirror),
         precision=flag_values.precision,
         save_uncertainty=flag_values.save_uncertainty, input=flag_values.input, files=files,
         case_id=flag_values.case_id,
@@ -211,5 +207,4 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

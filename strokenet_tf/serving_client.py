@@ -1,7 +1,7 @@
 r"""Segments one ISLES case with a model served by TF-Serving and writes the mask in the case's geometry.
 
 Usage:
-    python -m strokenet_tf.serving_client --server=localhost:8500 --model=strokenet \
+    python -m strokenet_tf.serving_client --server=localhost:8500 --model_name=strokenet \
         --input=ISLES2018/TESTING/case_1 --output=case_1_mask.nii.gz [--protocol=grpc|rest]
 
 Reads the case's maps in --channels order (it must be the export's order: assets.extra/
@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags
+from absl import flags
 
 from strokenet_tf import cli
 from strokenet_tf.data import isles
 
 FLAGS = flags.FLAGS
+TOOL = "strokenet_tf.serving_client"
+OLD_NAMES = {"model": "model_name"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,7 @@ class ClientConfig:
     """One segmentation request (see the module docstring)."""
 
     server: str
-    model: str
+    model_name: str
     input: str
     output: str
     protocol: str = "grpc"
@@ -52,9 +54,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
     fv = {"flag_values": flag_values}
     flags.DEFINE_string("server", None, "TF-Serving HOST:PORT (8500 gRPC, 8501 REST by convention).", **fv)
-    flags.DEFINE_string("model", None, "Served model name (models.config name / MODEL_NAME).", **fv)
+    flags.DEFINE_string("model_name", None, "Served model name (models.config name / MODEL_NAME; export's "
+                        "--model_name).", **fv)
     flags.DEFINE_string("input", None, "ISLES case folder (case_N/ with the SMIR.Brain.XX.O.CT_* maps).", **fv)
-    flags.DEFINE_string("output", None, "Mask file to write (.nii or .nii.gz), in the input's geometry.", **fv)
+    cli.define_shared(flag_values, "output", "overwrite",
+                      help={"output": "Mask file to write (.nii or .nii.gz), in the input's geometry.",
+                            "overwrite": "Replace existing output files."})
     flags.DEFINE_enum("protocol", "grpc", list(client_lib.PROTOCOLS), "gRPC PredictRequest or REST JSON.", **fv)
     flags.DEFINE_integer("version", None, "Model version to ask for; default: the latest loaded one.", **fv)
     flags.DEFINE_enum("signature", None, list(signatures.SIGNATURES),
@@ -66,8 +71,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_float("timeout_s", client_lib.DEFAULT_TIMEOUT_S, "Deadline of the request in seconds.", **fv)
     flags.DEFINE_integer("max_message_mb", client_lib.DEFAULT_MAX_MESSAGE_MB,
                          "gRPC max send/receive message length of the client channel, in MiB.", **fv)
-    flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", **fv)
-    flags.mark_flags_as_required(["server", "model", "input", "output"], flag_values=flag_values)
+    flags.mark_flags_as_required(["server", "model_name", "input", "output"], flag_values=flag_values)
+    cli.define_old_names(flag_values, TOOL, OLD_NAMES)
 
 
 def _check_output(flag: str, path: str | None, overwrite: bool) -> None:
@@ -85,7 +90,8 @@ def _check_output(flag: str, path: str | None, overwrite: bool) -> None:
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> ClientConfig:
     """Parsed flags -> validated ClientConfig (the only place that reads flags)."""
     config = ClientConfig(
-        server=flag_values.server, model=flag_values.model, input=flag_values.input, output=flag_values.output,
+        server=flag_values.server, model_name=flag_values.model_name, input=flag_values.input,
+        output=flag_values.output,
         protocol=flag_values.protocol, version=flag_values.version, signature=flag_values.signature,
         channels=tuple(flag_values.channels), probabilities_output=flag_values.probabilities_output,
         timeout_s=flag_values.timeout_s, max_message_mb=flag_values.max_message_mb,
@@ -118,7 +124,7 @@ def run(config: ClientConfig) -> dict:
     case = isles.read_case(config.input, config.channels, read_label=False)  # the label plays no part here
     image = preprocess.select_channels(case, config.channels)
     client = client_lib.ServingClient(
-        config.server, config.model, protocol=config.protocol, version=config.version, signature=config.signature,
+        config.server, config.model_name, protocol=config.protocol, version=config.version, signature=config.signature,
         timeout_s=config.timeout_s, max_message_bytes=config.max_message_mb << 20,
         want_probabilities=config.probabilities_output is not None,
     )
@@ -134,11 +140,11 @@ def run(config: ClientConfig) -> dict:
 
 
 def _fail(message: str) -> None:
-    cli.fail("strokenet_tf.serving_client", message)
+    cli.fail(TOOL, message)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
-    cli.reject_arguments("strokenet_tf.serving_client", argv)
+    cli.reject_arguments(TOOL, argv)
     from strokenet_tf.serving import client_lib
 
     try:
@@ -152,5 +158,4 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -66,7 +66,7 @@ def test_export_cli_refuses_incompatible_members_in_one_line(cv_dir, tmp_path, c
     flag_values = flags.FlagValues()
     export.define_flags(flag_values)
     flag_values([
-        "export", f"--model_dir={os.path.join(cv_dir, 'fold_0')},{other}", f"--export_base={tmp_path / 'e'}"])
+        "export", f"--model={os.path.join(cv_dir, 'fold_0')},{other}", f"--export_base={tmp_path / 'e'}"])
     with pytest.raises(SystemExit):
         export.main(["export"], flag_values)
     error = capsys.readouterr().err.strip()

@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory):
 def exported(run_dir, tmp_path_factory):
     """Version 1, exported through the command line entry point; (export_base, version_dir, stdout)."""
     export_base = str(tmp_path_factory.mktemp("exports"))
-    flag_values = _flag_values(model_dir=run_dir, export_base=export_base, warmup_depths=WARMUP_DEPTH,
+    flag_values = _flag_values(model=run_dir, export_base=export_base, warmup_depths=WARMUP_DEPTH,
                                warmup_size=WARMUP_SIZE)
     capture = _Capture()
     with capture:
@@ -264,7 +264,7 @@ def test_existing_version_is_refused_without_overwrite(exported, run_dir, capsys
     export_base, version_dir, _ = exported
     before = os.path.getmtime(os.path.join(version_dir, "saved_model.pb"))
     with pytest.raises(SystemExit) as exit_info:
-        export.main(["export"], _flag_values(model_dir=run_dir, export_base=export_base, version=1))
+        export.main(["export"], _flag_values(model=run_dir, export_base=export_base, version=1))
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("strokenet_tf.export: error: ") and "--overwrite" in error and version_dir in error
@@ -272,14 +272,14 @@ def test_existing_version_is_refused_without_overwrite(exported, run_dir, capsys
 
 
 @pytest.mark.parametrize("flag, value, expected", [
-    ("model_dir", "/nonexistent/run", "/nonexistent/run: no such model folder"),
+    ("model", "/nonexistent/run", "/nonexistent/run: no such model folder"),
     ("version", "0", "--version: expected a positive integer"),
     ("threshold", "1.5", "--threshold"),
     ("warmup_depths", "8,x", "--warmup_depths: expected integers"),
     ("model_name", ".hidden", "--model_name"),
 ])
 def test_bad_flags_give_one_line_errors(run_dir, tmp_path, capsys, flag, value, expected):
-    values = {"model_dir": run_dir, "export_base": str(tmp_path), flag: value}
+    values = {"model": run_dir, "export_base": str(tmp_path), flag: value}
     verbosity = absl_logging.get_verbosity()
     with pytest.raises(SystemExit) as exit_info:
         export.main(["export"], _flag_values(**values))

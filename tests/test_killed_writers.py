@@ -125,7 +125,7 @@ def _export_jobs(setting, prefix: str, with_hooks: bool) -> list[fork_runner.Job
     for name, hook, flags in points:
         base = setting["root"] / "exports" / name
         jobs.append(fork_runner.Job(f"{prefix}-export-{name}", "strokenet_tf.export",
-                                    [f"--model_dir={setting['run']}", f"--export_base={base}", *EXPORT_ARGS, *flags,
+                                    [f"--model={setting['run']}", f"--export_base={base}", *EXPORT_ARGS, *flags,
                                      *([] if with_hooks else ["--noverify"])],  # verification is killed above
                                     DIE + hook if with_hooks else ""))
     return jobs

@@ -127,7 +127,7 @@ def test_client_writes_the_mask_predict_computes_in_the_input_geometry(double, c
     case, expected_probabilities, expected_mask = expected
     server = double.grpc_address if protocol == "grpc" else double.rest_address
     config = serving_client.ClientConfig(
-        server=server, model=MODEL, input=case_dir, output=str(tmp_path / "mask.nii.gz"), protocol=protocol,
+        server=server, model_name=MODEL, input=case_dir, output=str(tmp_path / "mask.nii.gz"), protocol=protocol,
         signature=signature, probabilities_output=str(tmp_path / "probabilities.nii.gz"))
     summary = serving_client.run(config)
     used = signature or ("serving_default" if protocol == "grpc" else "serialized")
@@ -182,7 +182,7 @@ def _flag_values(**values) -> flags.FlagValues:
 
 def test_cli_writes_the_mask_and_refuses_to_overwrite(double, case_dir, expected, tmp_path, capsys):
     output = str(tmp_path / "case_mask.nii")
-    values = dict(server=double.grpc_address, model=MODEL, input=case_dir, output=output)
+    values = dict(server=double.grpc_address, model_name=MODEL, input=case_dir, output=output)
     serving_client.main(["serving_client"], _flag_values(**values))
     assert f"-> {output}" in capsys.readouterr().out
     np.testing.assert_array_equal(isles.nifti_to_network(np.asarray(nib.load(output).dataobj)), expected[2])
@@ -203,7 +203,7 @@ def test_cli_writes_the_mask_and_refuses_to_overwrite(double, case_dir, expected
     (dict(server="127.0.0.1:1", timeout_s=10), "127.0.0.1:1: gRPC UNAVAILABLE"),
 ])
 def test_cli_errors_are_one_line(case_dir, tmp_path, capsys, values, expected_error):
-    flag_values = dict(server="127.0.0.1:1", model=MODEL, input=case_dir, output=str(tmp_path / "m.nii.gz"))
+    flag_values = dict(server="127.0.0.1:1", model_name=MODEL, input=case_dir, output=str(tmp_path / "m.nii.gz"))
     flag_values.update(values)
     with pytest.raises(SystemExit) as exit_info:
         serving_client.main(["serving_client"], _flag_values(**flag_values))

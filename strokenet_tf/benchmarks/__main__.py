@@ -1,7 +1,7 @@
 r"""Runs the StrokeNet benchmarks and writes one JSON file to compare between commits.
 
 Usage:
-    python -m strokenet_tf.benchmarks --run_dir demo_runs/fold0 --data_dir demo_data --output benchmarks.json
+    python -m strokenet_tf.benchmarks --model demo_runs/fold0 --data_dir demo_data --output benchmarks.json
     python -m strokenet_tf.benchmarks --quick          # < 1 min: 16-slice inference only
 
 Prints, and records in --output:
@@ -22,7 +22,7 @@ import os
 import subprocess
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from strokenet_tf import cli, curriculum, inference
 from strokenet_tf import config as config_lib
@@ -52,12 +52,14 @@ class BenchmarkError(ValueError):
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the CLI flags (only when run as a program, so importing this module defines none)."""
     defined = dict(flag_values=flag_values)
-    flags.DEFINE_string("run_dir", None, "Training run (or .keras file) to time; default: an untrained default "
-                        "network (same cost).", **defined)
-    flags.DEFINE_string("data_dir", "demo_data", "Labelled cases for the training benchmark (ISLES layout).",
-                        **defined)
-    flags.DEFINE_string("experiment", "experiments/default.flags", "Flag file whose curriculum, batch size and "
-                        "optimizer the training benchmark uses.", **defined)
+    cli.define_shared(flag_values, "model", "data_dir", "experiment", "output",
+                      help={"model": "Training run (or .keras file) to time; default: an untrained default network "
+                                     "(same cost).",
+                            "data_dir": "Labelled cases for the training benchmark (ISLES layout).",
+                            "experiment": "Training flagfile whose curriculum, batch size and optimizer the training "
+                                          "benchmark uses.",
+                            "output": "Write the results to this JSON file."},
+                      defaults={"data_dir": "demo_data"})
     flags.DEFINE_list("parts", list(PARTS), f"Which benchmarks to run, of {', '.join(PARTS)}.", **defined)
     flags.DEFINE_list("depths", [str(d) for d in inference_benchmark.DEFAULT_DEPTHS], "Slab depths (slices).",
                       **defined)
@@ -76,7 +78,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        **defined)
     flags.DEFINE_boolean("quick", False, "Only the 16-slice function and network rows (under a minute).",
                          **defined)
-    flags.DEFINE_string("output", None, "Write the results to this JSON file.", **defined)
+    cli.define_old_names(flag_values, TOOL, {"run_dir": "model"})
 
 
 def _git_commit() -> str | None:
@@ -159,7 +161,7 @@ def run(flag_values: flags.FlagValues) -> dict:
         print(f"GPU: {results['machine']['gpu']}")
 
     if "inference" in parts:
-        segmenter, model_config, source = inference_benchmark.load_segmenter(flag_values.run_dir)
+        segmenter, model_config, source = inference_benchmark.load_segmenter(flag_values.model)
         gpu = bool(results["machine"]["gpu"])
         try:
             inference_results = inference_benchmark.benchmark_inference(
@@ -171,7 +173,7 @@ def run(flag_values: flags.FlagValues) -> dict:
         inference_results["weights"] = source
         results["inference"] = inference_results
     if "memory" in parts:
-        results["memory"] = [inference_benchmark.measure_peak_rss(flag_values.run_dir, depth, flag_values.size)
+        results["memory"] = [inference_benchmark.measure_peak_rss(flag_values.model, depth, flag_values.size)
                              for depth in depths]
     if "inference" in parts:
         print("\nInference (seconds per slab; GFLOP counted for the network at the padded shape)")
@@ -213,5 +215,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

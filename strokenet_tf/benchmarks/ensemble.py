@@ -2,7 +2,7 @@ r"""Single best fold vs fold ensemble vs ensemble + mirroring on a held-out test
 perfusion volumes and seconds per slab.
 
 Usage:
-    python -m strokenet_tf.benchmarks.ensemble --cv_dir=runs/cv --data_dir=heldout --output=ensemble.json
+    python -m strokenet_tf.benchmarks.ensemble --model=runs/cv --data_dir=heldout --output=ensemble.json
 
 --data_dir must hold labelled cases never used for fitting (not the cross-validation's data). Per variant:
 Dice, HD95 (mm) and absolute volume error (mL) per case (`metrics.case_metrics`), mean, std and n; ECE (15 bins,
@@ -21,17 +21,21 @@ import time
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from strokenet_tf import cli
 
 FLAGS = flags.FLAGS
+TOOL = "strokenet_tf.benchmarks.ensemble"
 VARIANTS = ("single_best_fold", "ensemble", "ensemble_mirror")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("cv_dir", None, "cross_validate MODEL_DIR.", **fv)
-    flags.DEFINE_string("data_dir", None, "Held-out labelled cases (ISLES layout).", **fv)
-    flags.DEFINE_string("output", None, "JSON file for the results.", **fv)
+    cli.define_shared(flag_values, "model", "data_dir", "output",
+                      help={"model": "cross_validate folder (fold_K run folders).",
+                            "data_dir": "Held-out labelled cases (ISLES layout).",
+                            "output": "JSON file for the results."})
     flags.DEFINE_list("variants", list(VARIANTS), "Variants to run.", **fv)
     flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Dtype policies to run (bfloat16 only where the "
                       "CPU has AVX512_BF16/AMX, mixed_float16 only on a GPU).", **fv)
@@ -40,7 +44,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_boolean("timing_only", False, "Only the seconds per slab (no scoring; --data_dir unused).", **fv)
     flags.DEFINE_integer("interleaved_rounds", 0, "With --timing_only: load every variant first, then time them in "
                          "this many rounds of one call each (load drift on shared cores hits all alike).", **fv)
-    flags.mark_flags_as_required(["cv_dir", "data_dir"], flag_values=flag_values)
+    flags.mark_flags_as_required(["model", "data_dir"], flag_values=flag_values)
+    cli.define_old_names(flag_values, TOOL, {"cv_dir": "model"})
 
 
 def _variant(name: str, cv_dir: str, precision: str):
@@ -209,11 +214,10 @@ def format_row(key: str, entry: dict) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    from strokenet_tf import cli
     from strokenet_tf.data import atomic
 
-    cli.reject_arguments("strokenet_tf.benchmarks.ensemble", argv)
-    results = run(FLAGS.cv_dir, FLAGS.data_dir, FLAGS.variants, FLAGS.precisions, FLAGS.timing_depth,
+    cli.reject_arguments(TOOL, argv)
+    results = run(FLAGS.model, FLAGS.data_dir, FLAGS.variants, FLAGS.precisions, FLAGS.timing_depth,
                   FLAGS.timing_repeats, FLAGS.timing_only, FLAGS.interleaved_rounds)
     if FLAGS.output:
         from strokenet_tf import evaluation
@@ -223,5 +227,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

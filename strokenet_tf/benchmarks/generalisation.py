@@ -6,12 +6,12 @@ and of the unseen one, beside the RAPID-like rule on the same cases. The drop fr
 honest sign of over-fitting to one scanner's noise, smoothing and vendor scale (or to one lesion shape).
 
 Usage (the pool and the test set come from `synthesize`, whose `.synthetic.json` names centre and type):
-    python -m strokenet_tf.data.synthesize --output_dir=/tmp/pool --num_cases=40 --seed=100 --no_pwi
-    python -m strokenet_tf.data.synthesize --output_dir=/tmp/test --num_cases=40 --seed=200 --no_pwi
+    python -m strokenet_tf.data.synthesize --output_dir=/tmp/pool --num_cases=40 --seed=100 --nopwi
+    python -m strokenet_tf.data.synthesize --output_dir=/tmp/test --num_cases=40 --seed=200 --nopwi
     python -m strokenet_tf.benchmarks.generalisation --pool_dir=/tmp/pool --test_dir=/tmp/test \
-        --work_dir=/tmp/loco --by=centre
+        --output_dir=/tmp/loco --by=centre
 
-Trains one model per held-out value (the recipe of --flagfile, by default experiments/demo.flags), so it takes
+Trains one model per held-out value (the recipe of --experiment, by default experiments/demo.flags), so it takes
 a few minutes per value on 2 CPU cores. Prints a table and writes WORK_DIR/generalisation.json.
 """
 
@@ -25,7 +25,7 @@ import sys
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from strokenet_tf import cli
 
@@ -123,12 +123,14 @@ def format_row(value: str, row: dict) -> str:
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("pool_dir", None, "Synthetic root to train from (TRAINING cases).", flag_values=flag_values)
     flags.DEFINE_string("test_dir", None, "Synthetic root of held-out labelled test cases.", flag_values=flag_values)
-    flags.DEFINE_string("work_dir", None, "Where runs, linked data and the JSON go.", flag_values=flag_values)
+    cli.define_shared(flag_values, "output_dir", "experiment",
+                      help={"output_dir": "Where runs, linked data and generalisation.json go."},
+                      defaults={"experiment": "experiments/demo.flags"})
     flags.DEFINE_enum("by", "centre", ["centre", "lesion_type"], "What to hold out.", flag_values=flag_values)
-    flags.DEFINE_string("recipe", "experiments/demo.flags", "Training flagfile.", flag_values=flag_values)
     flags.DEFINE_list("holdout", [], "Values to hold out (default: every value in the pool).", flag_values=flag_values)
-    for name in ("pool_dir", "test_dir", "work_dir"):
+    for name in ("pool_dir", "test_dir", "output_dir"):
         flags.mark_flag_as_required(name, flag_values=flag_values)
+    cli.define_old_names(flag_values, TOOL, {"work_dir": "output_dir", "recipe": "experiment"})
 
 
 def main(argv: Sequence[str]) -> None:
@@ -137,17 +139,17 @@ def main(argv: Sequence[str]) -> None:
     for name in ("pool_dir", "test_dir"):
         if not os.path.isdir(getattr(config, name)):
             cli.fail(TOOL, f"--{name}={getattr(config, name)}: not a folder")
-    if not os.path.isfile(config.recipe):
-        cli.fail(TOOL, f"--recipe={config.recipe}: no such flagfile")
+    if not os.path.isfile(config.experiment):
+        cli.fail(TOOL, f"--experiment={config.experiment}: no such flagfile")
     try:
-        result = run(config.pool_dir, config.test_dir, config.work_dir, config.by, config.recipe, config.holdout)
+        result = run(config.pool_dir, config.test_dir, config.output_dir, config.by, config.experiment,
+                     config.holdout)
     except (ValueError, RuntimeError, OSError) as error:
         cli.fail(TOOL, cli.first_line(str(error)))
-    output = pathlib.Path(config.work_dir) / "generalisation.json"
+    output = pathlib.Path(config.output_dir) / "generalisation.json"
     output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written to {output}")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

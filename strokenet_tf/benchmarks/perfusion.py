@@ -20,8 +20,9 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
+from strokenet_tf import cli
 from strokenet_tf.benchmarks import machine
 from strokenet_tf.perfusion import deconvolution, tracer
 
@@ -108,5 +109,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

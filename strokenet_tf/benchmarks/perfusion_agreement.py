@@ -24,8 +24,9 @@ import nibabel as nib
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage, stats
-from absl import app, flags
+from absl import flags
 
+from strokenet_tf import cli
 from strokenet_tf.data import isles, time_series
 from strokenet_tf.data.synthesize import TRUTH_FOLDER
 from strokenet_tf.perfusion import deconvolution
@@ -38,7 +39,8 @@ VESSEL_MAX = 0.05
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     defined = {"flag_values": flag_values}
-    flags.DEFINE_string("data_dir", None, "Synthetic root written with synthesize --write_truth.", **defined)
+    cli.define_shared(flag_values, "data_dir",
+                      help={"data_dir": "Synthetic root written with synthesize --write_truth."})
     flags.DEFINE_string("split", None, "Split folder to read (default: every split found).", **defined)
     flags.DEFINE_integer("max_cases", 0, "Most cases to compare (0: all).", lower_bound=0, **defined)
     flags.DEFINE_boolean("tmax_bias_correction", False, "perfusion_maps(tmax_bias_correction=...).", **defined)
@@ -125,5 +127,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

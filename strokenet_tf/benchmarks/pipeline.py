@@ -2,7 +2,7 @@ r"""Measures the training input pipeline: what it yields and how fast, per augme
 
 Usage:
     python -m strokenet_tf.benchmarks.pipeline --data_dir demo_data [--num_batches 8 \
-        --patch_size 16,128,128 --batch_size 2 --json results.json]
+        --patch_size 16x128x128 --batch_size 2 --output results.json]
 
 Reads the labelled cases under --data_dir (ISLES 2018 layout), normalises them once, prints one batch's
 shapes, dtypes and label fraction, then a table of throughput (batches, patches, cases and voxels per second)
@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from strokenet_tf import cli
+from strokenet_tf import cli, curriculum
 from strokenet_tf.data import augment, isles, pipeline, preprocess
 
 FLAGS = flags.FLAGS
@@ -32,27 +32,27 @@ TOOL = "strokenet_tf.benchmarks.pipeline"
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the CLI flags (only when run as a program, so importing this module defines none)."""
     defined = dict(flag_values=flag_values)
-    flags.DEFINE_string("data_dir", None, "ISLES 2018 root (holding TRAINING/), a split folder, or synthetic data.",
-                        **defined)
+    cli.define_shared(flag_values, "data_dir", "output", help={"output": "Also write the results to this JSON file."})
     flags.DEFINE_string("split", "TRAINING", "Split folder of --data_dir to read (labels are needed).", **defined)
     flags.DEFINE_list("channels", list(isles.DEFAULT_CHANNELS), "Input modalities in network channel order.",
                       **defined)
     flags.DEFINE_integer("num_batches", 8, "Timed batches per stage (after one warm-up batch).", lower_bound=1,
                          **defined)
-    flags.DEFINE_string("patch_size", "16,128,128", "Patch depth,height,width, or 'full' for whole slabs.",
-                        **defined)
+    flags.DEFINE_string("patch_size", "16x128x128", "Patch DEPTHxHEIGHTxWIDTH (16,128,128 is read too), or 'full' "
+                        "for whole slabs.", **defined)
     flags.DEFINE_integer("batch_size", 2, "Patches per batch.", lower_bound=1, **defined)
     flags.DEFINE_integer("patches_per_case", None, "Patches per case and epoch (pipeline default if unset).",
                          **defined)
     flags.DEFINE_float("foreground_fraction", None, "Fraction of lesion-centred patches (pipeline default if unset).",
                        **defined)
-    flags.DEFINE_string("multiples", "2,16,16", "Spatial multiples depth,height,width the model needs.", **defined)
+    flags.DEFINE_string("multiples", "2x16x16", "Spatial multiples DEPTHxHEIGHTxWIDTH the model needs (2,16,16 is "
+                        "read too).", **defined)
     flags.DEFINE_list("stages", None, "Augmentation stages to time (default: all).", **defined)
     flags.DEFINE_integer("seed", 0, "Pipeline seed.", **defined)
     flags.DEFINE_integer("num_parallel_calls", None, "Parallel map calls (default AUTOTUNE).", **defined)
     flags.DEFINE_string("cache_dir", None, "Folder for the cache-file measurement (default: a temporary folder).",
                         **defined)
-    flags.DEFINE_string("json", None, "Also write the results to this JSON file.", **defined)
+    cli.define_old_names(flag_values, TOOL, {"json": "output"})
 
 
 def _timed(function):
@@ -175,15 +175,11 @@ def format_results(results: dict) -> str:
 
 
 def _triple(text: str, flag: str) -> tuple[int, int, int] | None:
-    if text.strip().lower() in ("full", "none"):
-        return None
+    """DxHxW (or D,H,W) as train's --patch_size reads it; None for 'full'."""
     try:
-        values = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        cli.fail(TOOL, f"--{flag}={text}: expected three positive ints depth,height,width")
-    return values
+        return curriculum.parse_patch_size(text, f"--{flag}")
+    except curriculum.CurriculumError as error:
+        cli.fail(TOOL, str(error))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -198,7 +194,7 @@ def main(argv: Sequence[str]) -> None:
         "num_parallel_calls": FLAGS.num_parallel_calls,
     }
     if overrides["multiples"] is None:
-        cli.fail(TOOL, f"--multiples={FLAGS.multiples}: expected three positive ints")
+        cli.fail(TOOL, f"--multiples={FLAGS.multiples}: expected DEPTHxHEIGHTxWIDTH of positive integers")
     if FLAGS.patches_per_case is not None:
         overrides["patches_per_case"] = FLAGS.patches_per_case
     if FLAGS.foreground_fraction is not None:
@@ -226,12 +222,11 @@ def main(argv: Sequence[str]) -> None:
     results.update(load_s=load_s, prepare_s=prepare_s, data_dir=FLAGS.data_dir, device=device,
                    cpu_count=os.cpu_count())
     print(format_results(results))
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as handle:
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as handle:
             json.dump(results, handle, indent=2, default=str)
-        print(f"wrote {FLAGS.json}")
+        print(f"wrote {FLAGS.output}")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -26,9 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from strokenet_tf import config as config_lib
-from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf.benchmarks import pipeline as pipeline_benchmark
-from strokenet_tf.data import pipeline
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import distribute, loop
 
@@ -37,43 +35,14 @@ FED_SLOWDOWN_TOLERANCE = 0.2
 """Fed steps this much slower than steps on batches in memory count as input-bound (the two share the cores)."""
 
 
-def read_flagfile(path: str) -> dict[str, list[str]]:
-    """`--name=value` lines of an absl flag file (comments and blank lines skipped) as name -> values."""
-    values: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            line = line.strip()
-            if not line.startswith("--"):
-                continue
-            name, _, value = line[2:].partition("=")
-            values.setdefault(name, []).append(value)
-    return values
-
-
 def config_from_flagfile(path: str, data_dir: str, mixed_precision: bool = False) -> config_lib.TrainConfig:
-    """The TrainConfig of an experiment file: its curriculum, batch size, patch size, optimizer, sampling."""
-    values = read_flagfile(path)
+    """The TrainConfig of an experiment file, read exactly as `strokenet_tf.train --flagfile=PATH` reads it (the
+    trainer's flags and defaults), with `data_dir`, a throw-away model_dir and `mixed_precision`."""
+    from strokenet_tf import train  # the one reading of an experiment file (its flag definitions)
 
-    def last(name, default):
-        return values[name][-1] if name in values else default
-
-    patch_size = curriculum_lib.parse_patch_size(last("patch_size", "8x128x128"), "--patch_size")
-    learning_rate = float(last("learning_rate", 1e-3))
-    curriculum = curriculum_lib.Curriculum.from_strings(values.get("stage", ["name=main,epochs=1"]), learning_rate,
-                                                        patch_size)
-    pipeline_config = pipeline.PipelineConfig(patch_size=patch_size)
-    if "patches_per_case" in values:
-        pipeline_config = dataclasses.replace(pipeline_config, patches_per_case=int(last("patches_per_case", 0)))
-    if "foreground_fraction" in values:
-        pipeline_config = dataclasses.replace(pipeline_config,
-                                              foreground_fraction=float(last("foreground_fraction", 0)))
-    return config_lib.TrainConfig(
-        data_dir=data_dir, model_dir=os.path.join(tempfile.gettempdir(), "strokenet_benchmark_unused"),
-        model=strokenet.ModelConfig(), pipeline=pipeline_config, curriculum=curriculum,
-        num_folds=int(last("num_folds", 5)), fold=int(last("fold", 0)), seed=int(last("seed", 0)),
-        batch_size=int(last("batch_size", 2)), learning_rate=learning_rate, optimizer=last("optimizer", "adam"),
-        weight_decay=float(last("weight_decay", 1e-4)), mixed_precision=mixed_precision,
-    ).validate()
+    config = train.config_from_args([f"--flagfile={path}", f"--data_dir={data_dir}",
+                                     f"--model_dir={os.path.join(tempfile.gettempdir(), 'strokenet_benchmark_unused')}"])
+    return dataclasses.replace(config, mixed_precision=mixed_precision).validate()
 
 
 def _voxels(images) -> int:

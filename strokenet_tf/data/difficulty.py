@@ -20,7 +20,7 @@ import os
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from strokenet_tf import cli
 
@@ -117,11 +117,12 @@ def format_report(report: dict) -> str:
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_string("data_dir", None, "Dataset root (ISLES layout) with labelled cases.", flag_values=flag_values)
+    cli.define_shared(flag_values, "data_dir", "output",
+                      help={"data_dir": "Dataset root (ISLES layout) with labelled cases.",
+                            "output": "Optional JSON file for the full report."})
     flags.DEFINE_string("split", "TRAINING", "Split folder to read.", flag_values=flag_values)
     flags.DEFINE_integer("num_folds", 5, "Folds for the out-of-fold threshold fit.", lower_bound=2, flag_values=flag_values)
     flags.DEFINE_integer("seed", 0, "Fold split seed.", flag_values=flag_values)
-    flags.DEFINE_string("output", None, "Optional JSON file for the full report.", flag_values=flag_values)
     flags.mark_flag_as_required("data_dir", flag_values=flag_values)
 
 
@@ -146,5 +147,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -246,7 +246,8 @@ class SynthesisConfig:
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines the CLI flags (only when run as a program, so importing this module defines none)."""
-    flags.DEFINE_string("output_dir", None, "Dataset root; cases go to OUTPUT_DIR/SPLIT/case_K.", flag_values=flag_values)
+    cli.define_shared(flag_values, "output_dir", help={"output_dir": "Dataset root; cases go to "
+                                                       "OUTPUT_DIR/SPLIT/case_K."})
     flags.DEFINE_integer("num_cases", 4, "Number of cases to write.", lower_bound=0, flag_values=flag_values)
     flags.DEFINE_integer("seed", 0, "Case k depends only on (seed, split, k).", flag_values=flag_values)
     flags.DEFINE_enum("split", "TRAINING", list(_SPLIT_CODES), "TESTING writes no OT.", flag_values=flag_values)
@@ -256,7 +257,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("size", 256, "In-plane size (ISLES: 256).", lower_bound=16, flag_values=flag_values)
     flags.DEFINE_list("depths", [str(d) for d in DEFAULT_DEPTHS], "Slice counts to draw from.", flag_values=flag_values)
     flags.DEFINE_integer("start_index", 1, "Index of the first case folder.", flag_values=flag_values)
-    flags.DEFINE_boolean("no_pwi", False, "Skip CT_4DPWI (much faster, much smaller).", flag_values=flag_values)
+    flags.DEFINE_boolean("pwi", True, "Write the raw 4D series CT_4DPWI (--nopwi: much faster, much smaller).",
+                         flag_values=flag_values)
     flags.DEFINE_boolean("compress", False, "Write .nii.gz instead of .nii.", flag_values=flag_values)
     flags.DEFINE_list("centres", [], f"Centres to draw from (default all: {','.join(scanner.CENTRE_NAMES)}).",
                       flag_values=flag_values)
@@ -267,6 +269,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("workers", 1, "Processes making cases in parallel (the cases are the same).", lower_bound=1,
                          flag_values=flag_values)
     flags.mark_flag_as_required("output_dir", flag_values=flag_values)
+    cli.define_old_names(flag_values, TOOL, {"no_pwi": "pwi"}, inverted=("no_pwi",))
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> SynthesisConfig:
@@ -277,7 +280,7 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> SynthesisC
     return SynthesisConfig(
         output_dir=flag_values.output_dir, num_cases=flag_values.num_cases, seed=flag_values.seed,
         split=flag_values.split, storage=flag_values.storage, size=flag_values.size, depths=depths,
-        start_index=flag_values.start_index, with_pwi=not flag_values.no_pwi, compress=flag_values.compress,
+        start_index=flag_values.start_index, with_pwi=flag_values.pwi, compress=flag_values.compress,
         centres=tuple(flag_values.centres) or None, lesion_types=tuple(flag_values.lesion_types) or None,
         with_truth=flag_values.write_truth, workers=flag_values.workers,
     )
@@ -305,5 +308,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)
