@@ -91,11 +91,11 @@ CHECKS = [
     _c("difficulty-too-few-cases", DIFF, ["--data_dir={data}", "--num_folds=5"], "--num_folds=5", "3 labelled cases"),
     _c("difficulty-positional", DIFF, ["--data_dir={data}", "x"], "unexpected arguments: x"),
     # --- benchmarks.generalisation
-    _c("loco-missing-required", LOCO, [], "--pool_dir", "--test_dir", "--work_dir", absl=True),
-    _c("loco-no-pool", LOCO, ["--pool_dir={missing}", "--test_dir={data}", "--work_dir={tmp}/l0"], "--pool_dir",
+    _c("loco-missing-required", LOCO, [], "--pool_dir", "--test_dir", "--output_dir", absl=True),
+    _c("loco-no-pool", LOCO, ["--pool_dir={missing}", "--test_dir={data}", "--output_dir={tmp}/l0"], "--pool_dir",
        "{missing}"),
-    _c("loco-no-recipe", LOCO, ["--pool_dir={data}", "--test_dir={data}", "--work_dir={tmp}/l1",
-                                "--recipe={missing}.flags"], "--recipe", "{missing}.flags"),
+    _c("loco-no-recipe", LOCO, ["--pool_dir={data}", "--test_dir={data}", "--output_dir={tmp}/l1",
+                                "--experiment={missing}.flags"], "--experiment", "{missing}.flags"),
     # --- baselines
     _c("baselines-missing-required", BASE, [], "--model", absl=True),
     _c("baselines-no-run", BASE, ["--model={missing}"], "--model={missing}", "not a training run"),
