@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as eve
 import fork_runner
 from strokenet_tf import inference
 from strokenet_tf.model import strokenet
-from strokenet_tf.training import checkpointing, loop
+from strokenet_tf.training import checkpointing, history, loop
 from test_train import make_config
 
 DROPOUT = 0.25
@@ -123,20 +123,28 @@ def test_kills_at_random_steps_resume_to_the_same_weights_and_optimizer_slots(da
     assert_best_files_match_state(config.model_dir)
     record = json.load(open(os.path.join(config.model_dir, checkpointing.BEST_METRICS_FILE)))
     assert (record["epoch"], record["dice"]) == (reference_result.best_epoch, reference_result.best_val_dice)
+    reference_history = history_without_times(reference_config.model_dir)
+    assert len(reference_history) == 3 and history_without_times(config.model_dir) == reference_history
 
 
 def logged_scalars(model_dir):
     """{(log, tag): [(step, value), ...]} as TensorBoard shows them (after it purges orphaned events)."""
     scalars = {}
-    for log in ("train", "val"):
+    for log in ("train", "val", ""):  # "": MODEL_DIR, the HParams session's metrics
         accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, log),
                                                          size_guidance={event_accumulator.TENSORS: 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["tensors"]:
-            if tag != "overlay":
+            if tag != "overlay" and not tag.startswith("_hparams_/"):
                 scalars[(log, tag)] = [(event.step, float(tf.make_ndarray(event.tensor_proto)))
                                        for event in accumulator.Tensors(tag)]
     return scalars
+
+
+def history_without_times(model_dir):
+    """The rows of MODEL_DIR/history.csv without the columns that time the attempt that ran the epoch."""
+    return [{column: value for column, value in row.items() if column not in ("epoch_s", "finished_at")}
+            for row in history.read_history(os.path.join(model_dir, history.HISTORY_FILE))]
 
 
 def truncate(path):
@@ -170,6 +178,8 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one_and_ends_like_the_
     # TensorBoard shows each step once (the rolled-back step 9 of the first attempt is purged), as uninterrupted.
     reference_scalars = logged_scalars(reference[0].model_dir)
     assert len(reference_scalars) > 5 and logged_scalars(config.model_dir) == reference_scalars
+    assert ("", "hparams/best_val_dice") in reference_scalars
+    assert history_without_times(config.model_dir) == history_without_times(reference[0].model_dir)
     damaged = os.path.join(config.model_dir, checkpointing.CHECKPOINT_SUBDIR, "damaged")
     assert sorted(os.listdir(damaged)) == ["ckpt-9.data-00000-of-00001", "ckpt-9.index"]
     state = tf.train.get_checkpoint_state(os.path.join(config.model_dir, checkpointing.CHECKPOINT_SUBDIR))
