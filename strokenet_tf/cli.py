@@ -109,6 +109,11 @@ def help_text(doc: str | None, flag_values, names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _ours(flag_values, name: str) -> bool:
+    """Whether this package defined flag `name` (TensorFlow defines its own when a tool's flags import it)."""
+    return "strokenet_tf" in str(flag_values.find_module_defining_flag(name, default=""))
+
+
 def run(main, define_flags, argv: Sequence[str] | None = None, flag_values=None) -> NoReturn:
     """`app.run(main)` for an entry point whose flags `define_flags(flag_values)` defines.
 
@@ -126,7 +131,7 @@ def run(main, define_flags, argv: Sequence[str] | None = None, flag_values=None)
     wanted = help_requested(argv)
     if wanted:
         doc = sys.modules[main.__module__].__doc__ if main.__module__ in sys.modules else None
-        names = [name for name in flag_values if name not in before]
+        names = [name for name in flag_values if name not in before and _ours(flag_values, name)]
         print(help_text(doc, flag_values, names))
         if wanted == "full":
             print("\n" + flag_values.get_help())

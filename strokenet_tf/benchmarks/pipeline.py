@@ -32,6 +32,7 @@ TOOL = "strokenet_tf.benchmarks.pipeline"
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the CLI flags (only when run as a program, so importing this module defines none)."""
     defined = dict(flag_values=flag_values)
+    defaults = pipeline.PipelineConfig()  # the pipeline's own defaults, except the patch (a larger one to time)
     cli.define_shared(flag_values, "data_dir", "output", help={"output": "Also write the results to this JSON file."})
     flags.DEFINE_string("split", "TRAINING", "Split folder of --data_dir to read (labels are needed).", **defined)
     flags.DEFINE_list("channels", list(isles.DEFAULT_CHANNELS), "Input modalities in network channel order.",
@@ -40,16 +41,16 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                          **defined)
     flags.DEFINE_string("patch_size", "16x128x128", "Patch DEPTHxHEIGHTxWIDTH (16,128,128 is read too), or 'full' "
                         "for whole slabs.", **defined)
-    flags.DEFINE_integer("batch_size", 2, "Patches per batch.", lower_bound=1, **defined)
-    flags.DEFINE_integer("patches_per_case", None, "Patches per case and epoch (pipeline default if unset).",
-                         **defined)
-    flags.DEFINE_float("foreground_fraction", None, "Fraction of lesion-centred patches (pipeline default if unset).",
+    flags.DEFINE_integer("batch_size", defaults.batch_size, "Patches per batch.", lower_bound=1, **defined)
+    flags.DEFINE_integer("patches_per_case", defaults.patches_per_case, "Patches per case and epoch.", **defined)
+    flags.DEFINE_float("foreground_fraction", defaults.foreground_fraction, "Fraction of lesion-centred patches.",
                        **defined)
-    flags.DEFINE_string("multiples", "2x16x16", "Spatial multiples DEPTHxHEIGHTxWIDTH the model needs (2,16,16 is "
-                        "read too).", **defined)
+    flags.DEFINE_string("multiples", "x".join(str(n) for n in defaults.multiples), "Spatial multiples "
+                        "DEPTHxHEIGHTxWIDTH the model needs (2,16,16 is read too).", **defined)
     flags.DEFINE_list("stages", None, "Augmentation stages to time (default: all).", **defined)
-    flags.DEFINE_integer("seed", 0, "Pipeline seed.", **defined)
-    flags.DEFINE_integer("num_parallel_calls", None, "Parallel map calls (default AUTOTUNE).", **defined)
+    flags.DEFINE_integer("seed", defaults.seed, "Pipeline seed.", **defined)
+    flags.DEFINE_integer("num_parallel_calls", defaults.num_parallel_calls, "Parallel map calls (default "
+                         "AUTOTUNE).", **defined)
     flags.DEFINE_string("cache_dir", None, "Folder for the cache-file measurement (default: a temporary folder).",
                         **defined)
     cli.define_old_names(flag_values, TOOL, {"json": "output"})
@@ -192,13 +193,11 @@ def main(argv: Sequence[str]) -> None:
         "multiples": _triple(FLAGS.multiples, "multiples"),
         "seed": FLAGS.seed,
         "num_parallel_calls": FLAGS.num_parallel_calls,
+        "patches_per_case": FLAGS.patches_per_case,
+        "foreground_fraction": FLAGS.foreground_fraction,
     }
     if overrides["multiples"] is None:
         cli.fail(TOOL, f"--multiples={FLAGS.multiples}: expected DEPTHxHEIGHTxWIDTH of positive integers")
-    if FLAGS.patches_per_case is not None:
-        overrides["patches_per_case"] = FLAGS.patches_per_case
-    if FLAGS.foreground_fraction is not None:
-        overrides["foreground_fraction"] = FLAGS.foreground_fraction
     try:
         config = dataclasses.replace(pipeline.PipelineConfig(), **overrides)
         stages = [int(s) for s in FLAGS.stages] if FLAGS.stages else list(range(augment.num_stages()))
