@@ -94,7 +94,7 @@ class TrainConfig:
         model: network architecture.
         pipeline: run-wide input settings (a `PipelineConfig` given here is cut to its `InputConfig`).
         curriculum: training stages (augmentation, loss parameters, patch size, learning rate, epochs).
-        the rest: see each field's help (the flag of the same name, --verbose for `verbose`).
+        the rest: see each field's help (also the --help of the flag of the same name).
     """
 
     data_dir: str = setting(help="ISLES 2018 root (holding TRAINING/), a split folder, or synthetic data.")
