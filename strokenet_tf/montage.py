@@ -14,9 +14,11 @@ Orientation: slices are shown in radiological convention (patient right on the i
 whatever the affine: the arrays are reoriented to the closest RAS axes (`nibabel.orientations.io_orientation`)
 for display only. Oblique affines are shown in their closest canonical orientation.
 
-Example:
-    >>> rgb = render_montage(case, mask, model="runs/fold0")   # uint8 [rows, cols, 3]
-    >>> png = encode_png(rgb)                                  # bytes, written atomically by the caller
+Example (needs a case read by `data.isles`, so the doctests do not run it):
+```python
+rgb = render_montage(case, mask, model="runs/fold0")   # uint8 [rows, cols, 3]
+png = encode_png(rgb)                                  # bytes, written atomically by the caller
+```
 """
 
 from __future__ import annotations
@@ -106,11 +108,6 @@ def percentile_window(values: np.ndarray, inside: np.ndarray, low_pct: float = 1
     if not high > low:
         high = low + 1.0
     return DisplayWindow(low, high, f"p{low_pct:g}-p{high_pct:g}")
-
-
-def window(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Maps values to [0, 1] between their 1st and 99th percentile inside `inside` (all voxels if it is empty)."""
-    return percentile_window(values, inside).apply(values)
 
 
 def vessel_mask(cbv: np.ndarray, brain: np.ndarray) -> np.ndarray:
