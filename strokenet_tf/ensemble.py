@@ -6,9 +6,11 @@
 ensemble) and the calibration map of the cross-validation's `calibration.json` when there is one. A single run stays today's single model (no mirroring, no calibration) unless asked otherwise: an
 ensemble of one.
 
-Example:
-    >>> segmenter = load_ensemble(["runs/cv"])            # fold_0 ... fold_4, mirrored, calibrated
-    >>> outputs = segmenter.analyse_case(case)           # probabilities, mask, uncertainty, report
+Example (needs a cross-validation folder, so the doctests do not run it):
+```python
+segmenter = load_ensemble(["runs/cv"])            # fold_0 ... fold_4, mirrored, calibrated
+outputs = segmenter.analyse_case(case)           # probabilities, mask, uncertainty, report
+```
 """
 
 from __future__ import annotations

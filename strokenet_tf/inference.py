@@ -15,9 +15,11 @@ Models come from a training run (`load_run`): MODEL_DIR/best.keras by default, o
 checkpoint, with the channel order read from MODEL_DIR/config.json. A `.keras` file carries its architecture
 (`strokenet.StrokeNet.get_config`); for files saved before it did, the architecture also comes from config.json.
 
-Example:
-    >>> segmenter = Segmenter.from_run("runs/fold0")
-    >>> probabilities, mask = segmenter.predict_case(case)   # isles.Case -> float32, uint8 [d, h, w]
+Example (needs a training run, so the doctests do not run it):
+```python
+segmenter = Segmenter.from_run("runs/fold0")
+probabilities, mask = segmenter.predict_case(case)   # isles.Case -> float32, uint8 [d, h, w]
+```
 """
 
 from __future__ import annotations

@@ -42,8 +42,10 @@ Example:
 >>> pred = np.zeros((4, 8, 8), bool); pred[1:3, 2:6, 2:6] = True
 >>> truth = np.zeros((4, 8, 8), bool); truth[1:3, 3:7, 2:6] = True
 >>> m = case_metrics(pred, truth, spacing_mm=(5.0, 0.9, 0.9))
->>> m["dice"], m["avd_ml"]   # (0.75, 0.0)
->>> summarize([m, m])["dice"]   # {'mean': 0.75, 'std': 0.0, 'median': 0.75, 'n': 2, 'n_nan': 0}
+>>> float(m["dice"]), float(m["avd_ml"])
+(0.75, 0.0)
+>>> summarize([m, m])["dice"]
+{'mean': 0.75, 'std': 0.0, 'median': 0.75, 'n': 2, 'n_nan': 0}
 """
 
 from __future__ import annotations

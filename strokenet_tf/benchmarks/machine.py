@@ -7,9 +7,11 @@ microarchitecture (an assumption, printed), the clock from cpufreq's maximum whe
 lower bound and efficiencies above it are possible). A large `tf.linalg.matmul` measures what oneDNN/Eigen
 reach on the same cores, as a practical ceiling next to the theoretical one.
 
-Example:
-    >>> peak = cpu_peak()
-    >>> print(peak["derivation"])
+Example (the output depends on the machine, so the doctests do not run it):
+```python
+peak = cpu_peak()
+print(peak["derivation"])
+```
 """
 
 from __future__ import annotations

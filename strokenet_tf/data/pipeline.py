@@ -18,9 +18,8 @@ Cases are normalised once (`preprocess.prepare_case`) and stored once, in one of
   FOLDER/<content hash>.{image,label}.tensor and read back every epoch. Use it when the cases do not fit
   in memory twice; `benchmarks/pipeline.py` measures both.
 - None: like "memory" but rebuilt on every call.
-Measured with `benchmarks/pipeline.py` (24 synthetic 256 x 256 cases, 2 shared CPU cores): the memory store
-serves ~280 cases/s (~3.9 GB/s), the cache files ~60-170 cases/s; both are far faster than augmentation
-(~25-40 patches of 16 x 128 x 128 x 5 per second), so "memory" is the default for saving a disk read and a
+Both stores serve cases far faster than augmentation consumes them (`benchmarks/pipeline.py` measures it;
+figures in strokenet_tf/benchmarks/README.md), so "memory" is the default for saving a disk read and a
 deserialisation per case and epoch, not for speed of the whole pipeline.
 """
 

@@ -50,7 +50,7 @@ def _sample_fields(pathology_case: dict, head: dict, slab: anatomy.Slab, shift_m
 
 @functools.lru_cache(maxsize=1)
 def _deconvolve_graph():
-    """`perfusion_maps` as one traced graph for any slab and frame count (~1.5x faster than eager).
+    """`perfusion_maps` as one traced graph for any slab and frame count (faster than eager).
 
     The vendor filter is applied before (in mm, per centre), so the library's own smoothing is off; the true
     arterial input, at a typical partial volume, stands in when no artery is found (tiny test slabs), as an

@@ -6,9 +6,14 @@ The model is traced as a concrete `tf.function` at a fixed input shape and Tenso
 likewise, and element-wise ops (bias and residual additions, normalisation arithmetic) one FLOP per output
 element. Ops without a registered statistic (reshapes, concatenation, activations such as `Relu`) count 0.
 
-Example:
+Example (the default network on a 16-slice ISLES slab; the figures `model.strokenet` quotes):
+>>> from strokenet_tf.model.strokenet import ModelConfig, build_strokenet
 >>> model = build_strokenet(ModelConfig())
->>> count_flops(model, (1, 16, 256, 256, 5)) / 1e9  # GFLOP
+>>> by_op = flops_by_op_type(model, (1, 16, 256, 256, 5))  # the same count as `count_flops`, by op type
+>>> round(sum(by_op.values()) / 1e9, 2), round(by_op["Conv3D"] / 1e9, 2)  # GFLOP
+(8.22, 8.11)
+>>> model.count_params()
+553617
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ follows at StrokeNet's small widths (8-48 channels). Here:
 - group mean and variance are combined exactly from the per-channel ones (law of total variance);
 - the output is one scale-and-shift per channel.
 
-Measured on 2 CPU cores (`python -m strokenet_tf.benchmarks`), this halves the time of the model's GroupNorm
-layers, and against a float64 reference it is more accurate than Keras's reduction (the GEMM accumulates in
-blocks). `blocks.normalization` builds this class; `with_fast_group_norm` swaps it into models saved with Keras's class
+Against a float64 reference it is more accurate than Keras's reduction (the GEMM accumulates in blocks); its
+speed against Keras's layer is measured by `python -m strokenet_tf.benchmarks` (strokenet_tf/benchmarks/README.md).
+`blocks.normalization` builds this class; `with_fast_group_norm` swaps it into models saved with Keras's class
 (`inference` does so when it loads a `.keras` file), so older runs get the faster path with unchanged weights.
 """
 

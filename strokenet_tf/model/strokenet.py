@@ -11,9 +11,10 @@ two strides are in-plane only, (1, 2, 2), which brings voxels to ~4 x 4 x 5 mm; 
 stride halve depth, and the last stride is in-plane again, (1, 2, 2). Depth is therefore divided by 2 in total
 (`required_multiples == (2, 16, 16)`), so a 2-slice slab needs no depth padding. Kernels are (1, 3, 3) at the two
 high-resolution levels and (3, 3, 3) at the deeper, roughly isotropic ones. Full-resolution 3x3x3 convolutions
-are avoided entirely (a single 16 -> 16 one costs ~14.5 GFLOP on a 256 x 256 x 16 slab); the default network
-costs 8.22 GFLOP on a 16 x 256 x 256 x 5 slab (counted by `flops.count_flops`; 8.11 of them in Conv3D) with
-0.55 M parameters. Widths (16, 32, 64, 128) would cost 13.9 GFLOP (0.94 M parameters).
+are avoided entirely (a single 16 -> 16 one costs 2 x 27 x 16 x 16 FLOP per voxel, ~14.5 GFLOP on a
+256 x 256 x 16 slab); the default network costs 8.22 GFLOP on a 16 x 256 x 256 x 5 slab (8.11 of them in
+Conv3D) with 0.55 M parameters, as the example of `flops` counts (the doctests check it). Other widths:
+strokenet_tf/benchmarks/README.md.
 
 Output: logits `[batch, depth, height, width, 1]`, float32 even under a `mixed_float16` policy; the last bias
 starts at log(p / (1 - p)) for a lesion prior p = 0.01 (Lin et al. 2017, focal loss initialisation).

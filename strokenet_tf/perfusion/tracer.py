@@ -109,7 +109,7 @@ def tissue_curves(aif, frame_interval_s: float, cbf, mtt_s, delay_s=0.0, dispers
     The AIF is taken as piecewise linear between frames (0 before frame 0). D ⊗ R is the difference of two
     exponentials, M / (M - beta) (exp(-t/M) - exp(-t/beta)), and each is convolved with the AIF exactly at the
     delayed frame times by a first-order recursion (`_exponential_response`): no oversampling, no FFT, any
-    fractional delay. Voxels are processed in chunks (memory stays ~100 MB for any N).
+    fractional delay. Voxels are processed in chunks, so memory does not grow with N.
 
     Args:
         aif: [T] arterial enhancement in HU above baseline, one value per frame (frame 0 at t = 0).

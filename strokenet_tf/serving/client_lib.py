@@ -8,9 +8,11 @@ receive limit and over many proxies' defaults; the mask and probabilities coming
 channel therefore raises `grpc.max_send_message_length` / `grpc.max_receive_message_length` (TF-Serving's
 own server accepts up to 2 GiB). Over REST the `serialized` signature sends the raw maps as one base64 string.
 
-Example:
-    >>> client = ServingClient("localhost:8500", "strokenet")
-    >>> probabilities, mask = client.segment_image(image)   # float32 [d, h, w, c] -> (None, uint8 [d, h, w])
+Example (needs a running TF-Serving, so the doctests do not run it):
+```python
+client = ServingClient("localhost:8500", "strokenet")
+probabilities, mask = client.segment_image(image)   # float32 [d, h, w, c] -> (None, uint8 [d, h, w])
+```
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ renameat2 RENAME_EXCHANGE is available). A killed export leaves at most hidden f
 version, and the next export into the same model folder removes those whose process (named in the folder
 name) no longer runs on this host (`remove_abandoned_scratch`).
 
-Example:
-    >>> result = export_run(ExportConfig(model_dir="runs/fold0", export_base="exports"))
-    >>> result.version_dir
-    'exports/strokenet/1'
+Example (needs a training run, so the doctests do not run it):
+```python
+result = export_run(ExportConfig(model_dir="runs/fold0", export_base="exports"))
+result.version_dir   # 'exports/strokenet/1'
+```
 """
 
 from __future__ import annotations
