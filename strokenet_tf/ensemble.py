@@ -143,20 +143,11 @@ def resolve_precision(precision: str, is_ensemble: bool) -> str:
 def with_policy(trained: inference.TrainedModel, policy: str):
     """The member's network rebuilt under a Keras dtype policy with the same weights (float32 in and out: the
     logits layer stays float32); for "float32" the model as saved (a mixed_float16 run stays so)."""
-    import keras
-
     from strokenet_tf.model import strokenet
 
     if policy == "float32":
         return trained.model
-    config = strokenet.ModelConfig.from_dict(trained.run_config["model"]) if trained.run_config.get("model") \
-        else strokenet.ModelConfig()
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = strokenet.build_strokenet(config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    model = strokenet.StrokeNet(trained.model_config, dtype=policy)  # the architecture the model carries
     try:
         model.set_weights(trained.model.get_weights())
     except ValueError as error:

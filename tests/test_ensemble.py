@@ -163,6 +163,16 @@ def test_bfloat16_members_stay_close_and_return_float32(cv_dir, make_case):
     assert p_half.dtype == np.float32 and np.max(np.abs(p_full - p_half)) < 0.05
 
 
+def test_bare_keras_file_of_another_architecture_runs_under_bfloat16(models, tmp_path):
+    """The member is rebuilt from the architecture its .keras file carries, not the default one."""
+    path = str(tmp_path / "tiny.keras")
+    models[0].save(path)
+    trained = inference.load_run(path)  # no config.json beside it
+    half = ensemble.with_policy(trained, "bfloat16")
+    assert half.model_config == MODEL_CONFIG and half.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert [w.shape for w in half.weights] == [w.shape for w in models[0].weights]
+
+
 @pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU (mixed_float16 path)")
 def test_gpu_mixed_float16_ensemble_matches_float32(cv_dir, make_case):
     case = make_case(2, 32, 32)
