@@ -21,6 +21,9 @@ already trained on and continues with the ones it would have seen, with the same
 device it ends bit for bit where the uninterrupted run ends. Only one process trains in a run folder at a time
 (`run_lock`); a damaged newest checkpoint is skipped for the next older intact one, and best.keras/best.json
 are made to agree with the restored state (`best_export`).
+
+What a run reports: one log line per event (`run_log`), a row per epoch in MODEL_DIR/history.csv with
+progress.png (`history`), TensorBoard scalars and images (`summaries`) and its HParams session (`hparams`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class TrainingError(ValueError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run did. Epochs are counted 1-based here (epochs_done == epochs finished)."""
+    """What a run did. Epochs are counted 1-based here (epochs_done == epochs finished); `history_path` is
+    MODEL_DIR/history.csv (None on workers other than the chief)."""
 
     model_dir: str
     epochs_done: int
