@@ -108,12 +108,7 @@ def export_saved_model(segmenter: inference.Segmenter, directory: str) -> str:
 
 def mixed_precision_model(model: keras.Model, config: strokenet.ModelConfig) -> keras.Model:
     """The same architecture and weights under the `mixed_float16` policy (float16 compute, float32 logits)."""
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        half = strokenet.build_strokenet(config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    half = strokenet.StrokeNet(config, dtype="mixed_float16")
     half.set_weights(model.get_weights())
     return half
 
