@@ -242,12 +242,14 @@ class Segmenter(tf.Module, _CasePredictor):
         multiples: (depth, height, width) padding multiples of the model.
         threshold: mask = probabilities >= threshold.
         mirror: also run every member on the left-right (width axis) mirrored slab and average.
+        crop_to_head: run the members on `preprocess.head_box` (the brain's in-plane box plus a margin, grown
+            to the multiples) instead of the whole plane; probabilities outside the box are 0.
         calibration: `calibration.Calibration` of the averaged probability (None: none).
     """
 
     def __init__(self, model, channels: Sequence[str], multiples: Sequence[int],
                  threshold: float = DEFAULT_THRESHOLD, name: str = "segmenter", mirror: bool = False,
-                 calibration=None):
+                 calibration=None, crop_to_head: bool = True):
         from strokenet_tf import calibration as calibration_lib
 
         super().__init__(name=name)
@@ -261,6 +263,7 @@ class Segmenter(tf.Module, _CasePredictor):
         self.multiples = tuple(int(m) for m in multiples)
         self.threshold = float(threshold)
         self.mirror = bool(mirror)
+        self.crop_to_head = bool(crop_to_head)
         self.calibration = calibration_lib.Calibration() if calibration is None else calibration
         image_spec = tf.TensorSpec([None, None, None, None, len(self.channels)], tf.float32)
         self.segment = tf.function(self._segment, input_signature=[image_spec])
@@ -293,7 +296,13 @@ class Segmenter(tf.Module, _CasePredictor):
 
     def _analyse(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         normalised = preprocess.normalize_image(image, self.channels)
-        members = self._member_probabilities(normalised)
+        if self.crop_to_head:  # the network sees the brain's in-plane box; outside it the probability is 0
+            box = preprocess.head_box(normalised, self.multiples)
+            plane = tf.shape(normalised)[2:4]
+            members = [preprocess.uncrop_box(m, box, plane)
+                       for m in self._member_probabilities(preprocess.crop_box(normalised, box))]
+        else:
+            members = self._member_probabilities(normalised)
         probabilities = members[0] if len(members) == 1 else tf.add_n(members) / float(len(members))
         mask = postprocess.lesion_mask(probabilities, self.threshold)
         probabilities = self.calibration.apply(probabilities)

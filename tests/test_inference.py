@@ -52,9 +52,11 @@ def run_dir(model, tmp_path_factory):
 def _reference(model, image, multiples, threshold=inference.DEFAULT_THRESHOLD):
     """The same computation spelled out step by step with the preprocessing functions."""
     normalised = preprocess.normalize_image(image, isles.DEFAULT_CHANNELS)[tf.newaxis]
-    padded, shape = preprocess.pad_to_multiple(normalised, multiples)
+    box = preprocess.head_box(normalised, multiples)
+    padded, shape = preprocess.pad_to_multiple(preprocess.crop_box(normalised, box), multiples)
     probabilities = tf.sigmoid(model(padded, training=False))
-    probabilities = preprocess.crop_to_shape(probabilities, shape).numpy()[0, ..., 0]
+    probabilities = preprocess.crop_to_shape(probabilities, shape)[..., 0]
+    probabilities = preprocess.uncrop_box(probabilities, box, tf.shape(normalised)[2:4]).numpy()[0]
     return probabilities, (probabilities >= threshold).astype(np.uint8)
 
 
@@ -184,3 +186,28 @@ def test_bad_model_paths_are_one_line_errors(tmp_path, run_dir):
         inference.load_segmenter(str(empty_run))
     with pytest.raises(inference.ModelLoadError, match="no training checkpoint"):
         inference.load_segmenter(str(empty_run), source="latest")
+
+
+def test_the_network_runs_on_the_brain_box_only(model, make_case):
+    """A brain in one corner of a 64 x 64 plane: the network sees its box (grown to the multiples), the
+    probability outside is 0, and inside equals the network run on that box alone."""
+    case = make_case(2, 64, 64)
+    image = np.array(case.image)
+    image[:, 30:, :] = 0.0
+    image[:, :, 40:] = 0.0
+    case = dataclasses.replace(case, image=image)
+    segmenter = inference.Segmenter(model, isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples)
+    probabilities, _ = segmenter.predict_case(case)
+    normalised = preprocess.normalize_image(image, isles.DEFAULT_CHANNELS)[tf.newaxis]
+    box = preprocess.head_box(normalised, MODEL_CONFIG.required_multiples).numpy()
+    r, c, h, w = box
+    assert h < 64 and w < 64 and r + h <= 64 and c + w <= 64
+    assert h % MODEL_CONFIG.required_multiples[1] == 0 and w % MODEL_CONFIG.required_multiples[2] == 0
+    outside = np.ones(probabilities.shape, bool)
+    outside[:, r:r + h, c:c + w] = False
+    assert np.all(probabilities[outside] == 0.0) and np.all(probabilities[~outside] > 0.0)
+    inside = tf.sigmoid(model(normalised[:, :, r:r + h, c:c + w], training=False)).numpy()[0, ..., 0]
+    np.testing.assert_allclose(probabilities[:, r:r + h, c:c + w], inside, atol=1e-6)
+    whole = inference.Segmenter(model, isles.DEFAULT_CHANNELS, MODEL_CONFIG.required_multiples,
+                                crop_to_head=False).predict_case(case)[0]
+    assert np.all(whole[outside] > 0.0)  # without the box the air gets the network's (small) probabilities

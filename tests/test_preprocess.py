@@ -201,3 +201,22 @@ def test_masked_percentiles_small_masks_ties_and_both_tails_match_numpy(count):
     percentiles = (0.0, 1.0, 49.9, 50.0, 50.1, 99.0, 100.0)
     result = preprocess.masked_percentiles(values, mask, percentiles).numpy()
     np.testing.assert_allclose(result, np.percentile(values[mask], percentiles, axis=0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, columns, multiple, expected", [
+    ((40, 60), (100, 130), 16, (26, 91, 48, 48)),   # 20 + 2 x 8 margin = 36 -> 48 and 46 -> 48, grown evenly
+    ((0, 3), (0, 3), 16, (0, 0, 16, 16)),           # the margin clipped at the top-left corner
+    ((250, 256), (0, 256), 16, (240, 0, 16, 256)),  # kept inside at the bottom; full width: the whole axis
+    (None, None, 16, (0, 0, 256, 256)),             # no brain: the whole plane
+    ((0, 256), (120, 121), 16, (0, 105, 256, 32)),
+])
+def test_head_box_holds_the_brain_plus_margin_grown_to_the_multiples(rows, columns, multiple, expected):
+    image = np.zeros((2, 3, 256, 256, 2), np.float32)
+    if rows is not None:
+        image[1, 2, rows[0]:rows[1], columns[0]:columns[1], 1] = -0.25
+    box = preprocess.head_box(image, (1, multiple, multiple), margin=8).numpy()
+    assert tuple(box) == expected
+    cropped = preprocess.crop_box(tf.constant(image[..., 0]), box)
+    assert tuple(cropped.shape[2:]) == tuple(box[2:])
+    back = preprocess.uncrop_box(preprocess.crop_box(tf.constant(image[..., 1]), box), box, (256, 256)).numpy()
+    np.testing.assert_array_equal(back, image[..., 1])  # every brain voxel is inside the box

@@ -47,9 +47,14 @@ def make_predict_fn(model, in_channels: int) -> Callable[[tf.Tensor], tf.Tensor]
 
 
 def predict_probabilities(predict_fn, image: np.ndarray, multiples: Sequence[int]) -> np.ndarray:
-    """Lesion probability float32 [depth, height, width] of one case image float32 [depth, height, width, channels]."""
-    padded, spatial_shape = preprocess.pad_to_multiple(tf.convert_to_tensor(image[np.newaxis], tf.float32), multiples)
-    return postprocess.probabilities_from_logits(predict_fn(padded), spatial_shape).numpy()[0]
+    """Lesion probability float32 [depth, height, width] of one normalised case image float32 [depth, height,
+    width, channels]: the network runs on the brain's in-plane box (`preprocess.head_box`), as in
+    `inference.Segmenter`, and the probability outside it is 0."""
+    batch = tf.convert_to_tensor(image[np.newaxis], tf.float32)
+    box = preprocess.head_box(batch, multiples)
+    padded, spatial_shape = preprocess.pad_to_multiple(preprocess.crop_box(batch, box), multiples)
+    probabilities = postprocess.probabilities_from_logits(predict_fn(padded), spatial_shape)
+    return preprocess.uncrop_box(probabilities, box, tf.shape(batch)[2:4]).numpy()[0]
 
 
 def validate(predict_fn, cases: Sequence, multiples: Sequence[int],
