@@ -28,6 +28,9 @@ from strokenet_tf import cli
 FLAGS = flags.FLAGS
 TOOL = "strokenet_tf.benchmarks.ensemble"
 VARIANTS = ("single_best_fold", "ensemble", "ensemble_mirror")
+WHOLE_PLANE = "_whole_plane"
+"""Suffix of a variant run on the whole 256 x 256 plane instead of the brain's box (`preprocess.head_box`), e.g.
+`ensemble_mirror_whole_plane`: the inference of before the box, for comparison."""
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -51,9 +54,18 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def _variant(name: str, cv_dir: str, precision: str):
     from strokenet_tf import ensemble
 
+    whole_plane = name.endswith(WHOLE_PLANE)
+    name = name[:-len(WHOLE_PLANE)] if whole_plane else name
+    if name not in VARIANTS:
+        raise ValueError(f"--variants: unknown {name!r} (expected {', '.join(VARIANTS)}, optionally + {WHOLE_PLANE})")
     if name == "single_best_fold":
-        return ensemble.load_ensemble([ensemble.best_fold(cv_dir)], mirror=False, calibrate=False, precision=precision)
-    return ensemble.load_ensemble([cv_dir], mirror=name == "ensemble_mirror", calibrate=False, precision=precision)
+        segmenter = ensemble.load_ensemble([ensemble.best_fold(cv_dir)], mirror=False, calibrate=False,
+                                           precision=precision)
+    else:
+        segmenter = ensemble.load_ensemble([cv_dir], mirror=name == "ensemble_mirror", calibrate=False,
+                                           precision=precision)
+    segmenter.crop_to_head = not whole_plane  # read when the graph is traced (first call)
+    return segmenter
 
 
 def _summary(values: Sequence[float]) -> dict:
