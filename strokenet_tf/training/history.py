@@ -8,7 +8,8 @@ of a resumed run has the rows of an uninterrupted one (`epoch_s`, the time this 
 and `finished_at` aside).
 
 The plot (Pillow, as `calibration.reliability_png`) has four panels over the epochs: training loss,
-validation Dice (best marked), learning rate and epoch time, in the spirit of nnU-Net's `progress.png`.
+validation Dice (best ringed), learning rate and epoch time, with the curriculum's stage changes marked, in
+the spirit of nnU-Net's `progress.png`.
 """
 
 from __future__ import annotations
@@ -101,22 +102,27 @@ def progress_png(rows: Sequence[Mapping[str, str]], width: int = 760, height: in
     last_epoch = max([int(row["epoch"]) for row in rows] + [1])
     best = _numbers(rows, "best_val_dice")
     best_epoch = next((epoch for epoch, value in _numbers(rows, "val_dice") if best and value == best[-1][1]), None)
+    stage_starts = [int(row["epoch"]) for previous, row in zip(rows, rows[1:]) if row["stage"] != previous["stage"]]
     half_w, half_h = width // 2, height // 2
     for index, (title, column, colour, value_range) in enumerate(panels):
         left, top = (index % 2) * half_w, (index // 2) * half_h
         box = (left + 64, top + 30, left + half_w - 20, top + half_h - 40)
         _panel(draw, fonts, box, title, _numbers(rows, column), colour, last_epoch, value_range,
-               best_epoch if column == "val_dice" else None)
+               best_epoch if column == "val_dice" else None, stage_starts)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _panel(draw, fonts, box, title, points, colour, last_epoch, value_range, ring_epoch) -> None:
+def _panel(draw, fonts, box, title, points, colour, last_epoch, value_range, ring_epoch, stage_starts) -> None:
+    """One chart; grey verticals mark the first epoch of each later curriculum stage."""
     x0, y0, x1, y1 = box
     title_font, label_font = fonts
     draw.text((x0, y0 - 22), title, fill="black", font=title_font)
     draw.rectangle(box, outline=(120, 120, 120))
+    for epoch in stage_starts:
+        x = x0 + (x1 - x0) * (epoch - 1) / max(last_epoch - 1, 1)
+        draw.line([(x, y0 + 1), (x, y1 - 1)], fill=(200, 200, 200))
     if not points:
         draw.text((x0 + 8, y0 + 8), "no values yet", fill=(120, 120, 120), font=label_font)
         return
