@@ -148,3 +148,29 @@ def test_predict_run_with_ct_and_pwi_files_only(tmp_path, segmenter):
     reports, failures = predict.run(config, segmenter=segmenter)
     assert not failures and [r["case_id"] for r in reports] == ["case_7"]
     assert "deconvolved" in reports[0]["inputs"][isles.CBF]
+
+
+def test_export_checks_and_describes_the_from_4d_signature(tmp_path, segmenter, monkeypatch):
+    """export_segmenter reloads the SavedModel and compares `from_4d` with the in-process graph on a phantom; a
+    SavedModel whose from_4d differs is refused; the metadata describes the signature's inputs."""
+    from strokenet_tf.serving import metadata as metadata_lib, warmup
+
+    ct, series = warmup.synthetic_series()
+    found = signatures.from_4d_endpoint(segmenter)(
+        tf.constant(series[None]), tf.constant(ct[None]), tf.constant([1.0]))[signatures.AIF_FOUND_KEY]
+    assert bool(found.numpy()[0])  # the phantom has an arterial input: the check compares real maps
+    summary = metadata_lib.signature_summary(len(segmenter.channels), from_4d=True)[signatures.FROM_4D]
+    assert set(summary["inputs"]) == set(signatures.FROM_4D_KEYS) and signatures.AIF_FOUND_KEY in summary["outputs"]
+    version_dir, difference = export_lib.export_segmenter(segmenter, str(tmp_path / "base"), 1, {"model_name": "m"})
+    assert difference is not None and difference <= export_lib.PROBABILITY_TOLERANCE
+    loaded = tf.saved_model.load(version_dir)
+    original = signatures.from_4d_endpoint
+
+    def shifted(seg):  # an in-process graph that disagrees with the saved one
+        function = original(seg)
+        return lambda **inputs: {**function(**inputs), inference.PROBABILITIES_KEY:
+                                 function(**inputs)[inference.PROBABILITIES_KEY] + 0.1}
+
+    monkeypatch.setattr(signatures, "from_4d_endpoint", shifted)
+    with pytest.raises(export_lib.ExportError, match="from_4d"):
+        export_lib._verify_from_4d(version_dir, loaded, segmenter)

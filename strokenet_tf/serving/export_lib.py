@@ -238,7 +238,23 @@ def verify_export(version_dir: str, segmenter: inference.Segmenter,
         for key in ("core_volume_ml", "hypoperfusion_volume_ml", inference.MEMBER_VOLUMES_KEY):
             if not np.allclose(np.asarray(expected[key]), np.asarray(actual[key]), rtol=1e-5, equal_nan=True):
                 raise ExportError(f"{version_dir} report: {key} differs from the Segmenter's")
+    if signatures.FROM_4D in loaded.signatures:
+        difference = max(difference, _verify_from_4d(version_dir, loaded, segmenter))
     return difference
+
+
+def _verify_from_4d(version_dir: str, loaded, segmenter: inference.Segmenter) -> float:
+    """The reloaded `from_4d` signature against the in-process one on a small raw CTP phantom."""
+    ct, series = warmup.synthetic_series()
+    series_key, ct_key, interval_key = signatures.FROM_4D_KEYS
+    inputs = {series_key: tf.constant(series[np.newaxis]), ct_key: tf.constant(ct[np.newaxis]),
+              interval_key: tf.constant([1.0], tf.float32)}
+    expected = signatures.from_4d_endpoint(segmenter)(**inputs)
+    actual = loaded.signatures[signatures.FROM_4D](**inputs)
+    if not np.array_equal(np.asarray(expected[signatures.AIF_FOUND_KEY]), np.asarray(actual[signatures.AIF_FOUND_KEY])):
+        raise ExportError(f"{version_dir} {signatures.FROM_4D}: aif_found differs from the Segmenter's")
+    return _max_difference({k: expected[k] for k in actual if k != signatures.AIF_FOUND_KEY},
+                           {k: actual[k] for k in actual if k != signatures.AIF_FOUND_KEY}, f"{version_dir} {signatures.FROM_4D}")
 
 
 def exchange_paths(first: str, second: str) -> bool:

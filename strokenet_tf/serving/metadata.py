@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from strokenet_tf import inference, perfusion_report
+from strokenet_tf import inference, perfusion_input, perfusion_report
 from strokenet_tf.data import atomic, preprocess
 from strokenet_tf.serving import signatures
 from strokenet_tf.training import checkpointing
@@ -41,8 +41,9 @@ def _tensor_info(shape: Sequence[int | None], dtype: str) -> dict[str, Any]:
     return {"shape": [-1 if size is None else size for size in shape], "dtype": dtype}
 
 
-def signature_summary(channels: int) -> dict[str, Any]:
-    """What `saved_model_cli show` reports, in plain JSON (-1 = dynamic)."""
+def signature_summary(channels: int, from_4d: bool = False) -> dict[str, Any]:
+    """What `saved_model_cli show` reports, in plain JSON (-1 = dynamic); `from_4d`: the export has that
+    signature (`signatures.from_4d_endpoint`: models reading only CT, CT_4DPWI and the maps)."""
     outputs = {inference.PROBABILITIES_KEY: _tensor_info([None] * 4, "float32"),
                inference.MASK_KEY: _tensor_info([None] * 4, "uint8"),
                inference.UNCERTAINTY_KEY: _tensor_info([None] * 4, "float32")}
@@ -53,13 +54,22 @@ def signature_summary(channels: int) -> dict[str, Any]:
                       "member_dice": _tensor_info([None, None], "float32"),
                       inference.DISAGREE_KEY: _tensor_info([None], "bool"),
                       perfusion_report.HYPOPERFUSION_MASK_KEY: _tensor_info([None] * 4, "uint8")}
-    return {
+    summary = {
         signatures.SERVING_DEFAULT: {"inputs": image, "outputs": outputs},
         signatures.SERIALIZED: {"inputs": {signatures.SERIALIZED_INPUT_KEY: _tensor_info([None], "string")},
                                 "outputs": outputs},
         signatures.REPORT: {"inputs": {**image, inference.VOXEL_SIZE_KEY: _tensor_info([None, 3], "float32")},
                             "outputs": report_outputs},
     }
+    if from_4d:
+        series, ct, interval = signatures.FROM_4D_KEYS
+        summary[signatures.FROM_4D] = {
+            "inputs": {series: _tensor_info([None] * 5, "float32"), ct: _tensor_info([None] * 4, "float32"),
+                       interval: _tensor_info([None], "float32")},
+            "outputs": {**outputs, signatures.AIF_FOUND_KEY: _tensor_info([None], "bool")},
+            "units": {series: "HU, [batch, depth, height, width, time]", ct: "HU", interval: "s"},
+        }
+    return summary
 
 
 def ensemble_summary(segmenter: inference.Segmenter) -> dict[str, Any]:
@@ -126,7 +136,7 @@ def build_metadata(
         # Per-layer policies: a mixed_float16 run has "mixed_float16" here (the model-level policy stays float32).
         # The signatures take and return float32 either way.
         "dtype_policies": sorted({layer.dtype_policy.name for layer in trained.model.layers}),
-        "signatures": signature_summary(len(trained.channels)),
+        "signatures": signature_summary(len(trained.channels), perfusion_input.supports(trained.channels)),
         "warmup_shapes": [list(shape) for shape in warmup_shapes],
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tensorflow_version": tf.__version__,

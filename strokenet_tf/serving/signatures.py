@@ -75,6 +75,9 @@ def from_4d_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental.Ge
 
     if not perfusion_input.supports(segmenter.channels):
         return None
+    cached = segmenter.__dict__.get("_from_4d_endpoint")  # one trace for the export and its check
+    if cached is not None:
+        return cached
     channels = tuple(segmenter.channels)
     image_spec = tf.TensorSpec([None, None, None, len(channels)], tf.float32)
 
@@ -89,4 +92,5 @@ def from_4d_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental.Ge
         outputs[AIF_FOUND_KEY] = found
         return outputs
 
+    segmenter.__dict__["_from_4d_endpoint"] = segment_from_4d  # untracked: not part of the module's variables
     return segment_from_4d

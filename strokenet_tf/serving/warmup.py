@@ -69,3 +69,28 @@ def read_warmup_requests(version_dir: str) -> Iterator:
     for record in tf.data.TFRecordDataset(path):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         yield log.predict_log.request
+
+
+def synthetic_series(depth: int = 2, size: int = 32, frames: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A small raw CTP phantom (CT [depth, size, size] and series [depth, size, size, frames] in HU, 1 s frames):
+    skull ring, brain with a delayed, hypoperfused half, an artery and a draining vein. Enough for the `from_4d`
+    signature to find an arterial input and make non-trivial maps; used by the export's check of that signature."""
+    from strokenet_tf.perfusion import tracer
+
+    rng = np.random.default_rng(seed)
+    h, w = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    centre = (size - 1) / 2.0
+    radius = np.hypot(h - centre, w - centre) / (size / 32.0)
+    ct = np.where(radius < 13, 35.0, np.where(radius < 15, 1200.0, -1000.0))
+    ct = np.broadcast_to(ct, (depth, size, size)).astype(np.float32)
+    series = np.repeat(ct[..., None], frames, axis=-1)
+    aif = tracer.gamma_variate(np.arange(frames, dtype=np.float64), 5.0, 300.0, 3.0, 1.4)
+    brain = np.broadcast_to(radius < 12, ct.shape)
+    slow = np.broadcast_to(w < size * 3 // 8, ct.shape)[brain]
+    series[brain] += tracer.tissue_curves(aif, 1.0, np.where(slow, 12.0, 55.0), np.where(slow, 9.0, 4.0),
+                                          np.where(slow, 4.0, 0.5), np.full(int(brain.sum()), 1.0))
+    row = size // 4
+    series[:, row, size * 5 // 8:size * 5 // 8 + 2] = 35.0 + aif
+    series[:, size // 10:size // 10 + 2, size // 2] = 35.0 + tracer.transport(aif, 1.0, 4.0, 2.5)[0]
+    series += rng.normal(0, 2.0, series.shape)
+    return ct, series.astype(np.float32)
