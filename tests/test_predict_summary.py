@@ -110,3 +110,22 @@ def test_folder_run_writes_one_summary_row_per_case_failures_included(tmp_path):
         assert float(row["seconds"]) > 0
         assert row["status"] == report["perfusion_report"]["status"].replace(",", ";")
         assert float(row["core_volume_ml"]) == pytest.approx(report["perfusion_report"]["core_volume_ml"], abs=1e-3)
+
+
+def test_montage_names_the_model_and_gets_the_report_caption(tmp_path, monkeypatch):
+    case_dir = write_case(tmp_path / "in" / "case_4", synthetic_maps(4), AFFINES["ras"])
+    segmenter = voxelwise_segmenter()
+    segmenter.source = str(tmp_path / "runs" / "fold0")
+    seen = {}
+    real = prediction.montage.render_montage
+
+    def render(case, mask, **kwargs):
+        seen.update(kwargs)
+        return real(case, mask, **kwargs)
+
+    monkeypatch.setattr(prediction.montage, "render_montage", render)
+    (report,), _ = prediction.predict_cases(segmenter, prediction.find_inputs(case_dir),
+                                            prediction.OutputOptions(str(tmp_path / "out")))
+    assert seen["model"] == segmenter.source and report["model"] == segmenter.source
+    assert seen["caption"] == prediction.montage_caption(report["perfusion_report"], report["uncertainty"])
+    assert seen["hypoperfusion"] is not None and os.path.getsize(report["outputs"]["montage"]) > 1000
