@@ -19,30 +19,20 @@ held-out fold itself, as published cross-validation numbers usually are: slightl
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-from typing import Any, Mapping, Sequence
 
 from absl import flags
 from absl import logging as absl_logging
 
 from strokenet_tf import cli
 from strokenet_tf import config as config_lib
-from strokenet_tf import metrics
+from strokenet_tf import cross_validation
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf import train
+from strokenet_tf.cross_validation import CV_SUMMARY_CSV, CV_SUMMARY_JSON, EVAL_SUBDIR, CrossValidationConfig
 
 FLAGS = flags.FLAGS
 TOOL = "strokenet_tf.cross_validate"
-EVAL_SUBDIR = "evaluation"
-CV_SUMMARY_JSON = "cv_summary.json"
-CV_SUMMARY_CSV = "cv_summary.csv"
-REPORT_METRICS = ("dice", "recall", "precision", "hd95_mm", "hd_max_mm", "avd_ml", "lesion_precision",
-                  "lesion_recall", "lesion_f1")
-PERCENT_METRICS = ("dice", "recall", "precision")
-STROKENET_REPORT = {"dice": 52.26, "recall": 55.50, "precision": 58.84}  # % (Table in the StrokeNet report)
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -52,22 +42,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     cli.define_shared(flag_values, "model_source", help={"model_source": "Model of each fold that is scored and "
                                                          "calibrated: best (best.keras) or latest (newest checkpoint)."})
     cli.define_old_names(flag_values, TOOL, {"eval_model_source": "model_source"})
-
-
-@dataclasses.dataclass(frozen=True)
-class CrossValidationConfig:
-    """Attributes: train (the run of fold 0, model_dir = the CV root), folds, eval_model_source."""
-
-    train: config_lib.TrainConfig
-    folds: tuple[int, ...]
-    eval_model_source: str = "best"
-
-    def fold_config(self, fold: int) -> config_lib.TrainConfig:
-        return dataclasses.replace(self.train, fold=fold, model_dir=fold_dir(self.train.model_dir, fold))
-
-
-def fold_dir(model_dir: str, fold: int) -> str:
-    return os.path.join(model_dir, f"fold_{fold}")
 
 
 def config_from_flags(flag_values) -> CrossValidationConfig:
@@ -89,148 +63,8 @@ def config_from_flags(flag_values) -> CrossValidationConfig:
     return CrossValidationConfig(base, selected, flag_values.model_source)
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
-
-
-def run_fold(config: CrossValidationConfig, fold: int, warn=lambda message: None) -> dict[str, Any]:
-    """Trains (or resumes) one fold and scores its held-out cases; skips a fold that is already scored.
-
-    Returns:
-        The fold's summary document (as MODEL_DIR/fold_K/evaluation/summary.json).
-    """
-    from strokenet_tf import calibration, evaluation, inference
-    from strokenet_tf.training import checkpointing, loop
-
-    fold_config = config.fold_config(fold)
-    eval_dir = os.path.join(fold_config.model_dir, EVAL_SUBDIR)
-    summary_path = evaluation.output_paths(eval_dir)["summary"]
-    if summary_path.is_file():
-        # Refuses a fold folder of another run, as training would.
-        checkpointing.check_or_write_config(fold_config.model_dir, fold_config.to_dict(), config_lib.RUNTIME_FIELDS,
-                                            write=False)
-        absl_logging.info("fold %d already evaluated (%s): skipped", fold, summary_path)
-        return _read_json(str(summary_path))
-    result = loop.train(fold_config)
-    segmenter = inference.Segmenter.from_run(fold_config.model_dir, config.eval_model_source)
-    spec = evaluation.FoldSpec(fold, fold_config.num_folds, fold_config.seed, fold_config.patient_map)
-    case_dirs = evaluation.select_case_dirs(fold_config.data_dir, fold_config.split, spec)
-    if sorted(d.name for d in case_dirs) != sorted(result.val_ids):
-        raise evaluation.EvaluationError(f"fold {fold}: evaluation cases {[d.name for d in case_dirs]} differ from "
-                                         f"the run's validation cases {result.val_ids}")
-    rows, failures = evaluation.evaluate_cases(segmenter, case_dirs, warn=warn)
-    summary = metrics.summarize(rows)
-    info = {"model": segmenter.trained.source, "threshold": segmenter.threshold, "data_dir": fold_config.data_dir,
-            "split": fold_config.split, "fold": dataclasses.asdict(spec),
-            "empty_score": evaluation.EmptyRules().empty_score,
-            "empty_distance": evaluation.EmptyRules().empty_distance, "n_cases": len(rows),
-            "case_ids": [row["case_id"] for row in rows], "failed": [dataclasses.asdict(f) for f in failures]}
-    # Out-of-fold probabilities (mirrored, as the ensemble predicts) for the calibration; kept before the summary
-    # marks the fold finished.
-    calibration.write_out_of_fold(eval_dir, inference.Segmenter.from_run(
-        fold_config.model_dir, config.eval_model_source, mirror=True), case_dirs)
-    evaluation.write_outputs(eval_dir, rows, summary, info)
-    return _read_json(str(summary_path))
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, float | int]:
-    kept = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not kept:
-        return {"mean": math.nan, "std": math.nan, "n_folds": 0}
-    mean = sum(kept) / len(kept)
-    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in kept) / len(kept)), "n_folds": len(kept)}
-
-
-def aggregate(fold_documents: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-fold means and their mean and (population) std over folds for `REPORT_METRICS`."""
-    per_fold = {}
-    for fold, document in sorted(fold_documents.items()):
-        means = {}
-        for key in REPORT_METRICS:
-            value = document["metrics"].get(key, {}).get("mean")
-            means[key] = math.nan if value is None else float(value)
-        per_fold[fold] = {"n_cases": document["n_cases"], **means}
-    over_folds = {key: _mean_std([row[key] for row in per_fold.values()]) for key in REPORT_METRICS}
-    return {"folds": per_fold, "mean_over_folds": over_folds,
-            "n_cases": sum(row["n_cases"] for row in per_fold.values())}
-
-
-def _cell(key: str, value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    return f"{100.0 * value:.2f}" if key in PERCENT_METRICS else f"{value:.3f}" if "lesion" in key else f"{value:.2f}"
-
-
-_HEADERS = {"dice": "Dice %", "recall": "Recall %", "precision": "Precision %", "hd95_mm": "HD95 mm",
-            "hd_max_mm": "HDmax mm", "avd_ml": "AVD mL", "lesion_precision": "lesion P", "lesion_recall": "lesion R",
-            "lesion_f1": "lesion F1"}
-
-
-def cv_rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    """Table rows: a header, one row per fold, the mean and std over folds (Dice/recall/precision in %)."""
-    rows = [["fold", "cases"] + [_HEADERS[k] for k in REPORT_METRICS]]
-    for fold, row in summary["folds"].items():
-        rows.append([str(fold), str(row["n_cases"])] + [_cell(k, row[k]) for k in REPORT_METRICS])
-    over = summary["mean_over_folds"]
-    rows.append(["mean", str(summary["n_cases"])] + [_cell(k, over[k]["mean"]) for k in REPORT_METRICS])
-    rows.append(["std", ""] + [_cell(k, over[k]["std"]) for k in REPORT_METRICS])
-    return rows
-
-
-def format_cv_table(summary: Mapping[str, Any]) -> str:
-    rows = cv_rows(summary)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
-
-
-CSV_HEADER = ["fold", "n_cases"] + [f"{k}_percent" if k in PERCENT_METRICS else k for k in REPORT_METRICS]
-
-
-def write_summary(model_dir: str, summary: Mapping[str, Any]) -> tuple[str, str]:
-    """Writes cv_summary.json (numbers as fractions, NaN as null) and cv_summary.csv (the printed table's rows,
-    Dice/recall/precision in %, with machine-readable column names)."""
-    from strokenet_tf import evaluation
-    from strokenet_tf.data import atomic
-
-    json_path, csv_path = os.path.join(model_dir, CV_SUMMARY_JSON), os.path.join(model_dir, CV_SUMMARY_CSV)
-    document = {**summary, "folds": {str(k): v for k, v in summary["folds"].items()},
-                "strokenet_report_percent": STROKENET_REPORT}
-    atomic.atomic_write_text(json_path, json.dumps(evaluation.json_safe(document), indent=2, allow_nan=False) + "\n")
-    rows = [CSV_HEADER] + cv_rows(summary)[1:]
-    atomic.atomic_write_text(csv_path, "\n".join(",".join(row) for row in rows) + "\n")
-    return json_path, csv_path
-
-
 def _warn(message: str) -> None:
     cli.warn(TOOL, message)
-
-
-def run(config: CrossValidationConfig) -> dict[str, Any]:
-    """Runs every selected fold, then writes and returns the cross-validation summary."""
-    from strokenet_tf.training import run_lock
-
-    with run_lock.hold(config.train.model_dir):  # one cross-validation per folder; each fold's train locks its own
-        return _run_folds(config)
-
-
-def _run_folds(config: CrossValidationConfig) -> dict[str, Any]:
-    os.makedirs(config.train.model_dir, exist_ok=True)
-    documents = {}
-    for fold in config.folds:
-        if config.train.verbose:
-            print(f"=== fold {fold} ({config.folds.index(fold) + 1}/{len(config.folds)}) ===", flush=True)
-        documents[fold] = run_fold(config, fold, warn=_warn)
-    summary = aggregate(documents)
-    write_summary(config.train.model_dir, summary)
-    from strokenet_tf import calibration
-
-    try:
-        summary["calibration"] = calibration.calibrate_cross_validation(config.train.model_dir,
-                                                                        config.eval_model_source)
-    except ValueError as error:
-        _warn(f"no calibration: {cli.first_line(error)}")
-    return summary
 
 
 def _fail(message: str) -> None:
@@ -247,15 +81,16 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
 
     absl_logging.get_absl_handler().addFilter(train.package_info_filter)
     try:
-        summary = run(config)
+        summary = cross_validation.run(config, warn=_warn)
     except train.user_errors() + (evaluation.EvaluationError, inference.ModelLoadError) as error:
         _fail(str(error))
     except OSError as error:
         _fail(cli.os_error_line(error, config.train.model_dir))
     print(f"Cross-validation, {len(config.folds)} of {config.train.num_folds} folds, {summary['n_cases']} cases "
           f"(per-fold means; mean and std over folds):")
-    print(format_cv_table(summary))
-    report = ", ".join(f"{_HEADERS[k].split()[0]} {v:.2f}%" for k, v in STROKENET_REPORT.items())
+    print(cross_validation.format_cv_table(summary))
+    report = ", ".join(f"{cross_validation.HEADERS[k].split()[0]} {v:.2f}%"
+                       for k, v in cross_validation.STROKENET_REPORT.items())
     print(f"StrokeNet report (ISLES 2018 training set, 5-fold CV): {report}")
     if "calibration" in summary:
         fitted = summary["calibration"]

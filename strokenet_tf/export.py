@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from strokenet_tf import cli, inference
-from strokenet_tf.serving import export_lib, warmup
+from strokenet_tf.serving import exporting, warmup
 
 FLAGS = flags.FLAGS
 
@@ -51,7 +51,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("export_base", None, "EXPORT_BASE: the version is written to "
                         "EXPORT_BASE/<model_name>/<version>/ (TF-Serving's model base path is "
                         "EXPORT_BASE/<model_name>).", **fv)
-    flags.DEFINE_string("model_name", export_lib.DEFAULT_MODEL_NAME, "TF-Serving model name.", **fv)
+    flags.DEFINE_string("model_name", exporting.DEFAULT_MODEL_NAME, "TF-Serving model name.", **fv)
     flags.DEFINE_integer("version", None, "Model version (positive integer); default: the next free one.", **fv)
     flags.DEFINE_list("warmup_depths", [str(d) for d in warmup.DEFAULT_DEPTHS],
                       "Slice counts of the synthetic warmup requests (one each; e.g. 2,4,8,16,22 pre-tunes every "
@@ -63,14 +63,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     cli.define_old_names(flag_values, TOOL, OLD_NAMES)
 
 
-def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> export_lib.ExportConfig:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> exporting.ExportConfig:
     """Parsed flags -> validated ExportConfig (the only place that reads flags)."""
     try:
         depths = tuple(int(depth) for depth in flag_values.warmup_depths)
     except ValueError:
-        raise export_lib.ExportError(f"--warmup_depths: expected integers, got "
+        raise exporting.ExportError(f"--warmup_depths: expected integers, got "
                                      f"{','.join(flag_values.warmup_depths)}") from None
-    return export_lib.ExportConfig(
+    return exporting.ExportConfig(
         model_dir=flag_values.model,
         export_base=flag_values.export_base,
         model_name=flag_values.model_name,
@@ -98,8 +98,8 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         config = config_from_flags(flag_values)
-        result = export_lib.export_run(config)
-    except (export_lib.ExportError, inference.ModelLoadError) as error:
+        result = exporting.export_run(config)
+    except (exporting.ExportError, inference.ModelLoadError) as error:
         _fail(str(error))
     except OSError as error:
         _fail(cli.os_error_line(error, flag_values.export_base))
@@ -114,7 +114,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
           f"{result.version}: {result.version_dir} ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
           f"{difference}).")
     print("Serve it with TF-Serving (gRPC :8500, REST :8501; see export/README.md):")
-    print(export_lib.serving_command(config.export_base, config.model_name, export_lib.deployment_dir()))
+    print(exporting.serving_command(config.export_base, config.model_name, exporting.deployment_dir()))
 
 
 if __name__ == "__main__":

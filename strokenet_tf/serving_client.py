@@ -50,7 +50,7 @@ class ClientError(ValueError):
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines the client's flags on `flag_values` (by `__main__`; tests use their own FlagValues)."""
-    from strokenet_tf.serving import client_lib, signatures
+    from strokenet_tf.serving import client, signatures
 
     fv = {"flag_values": flag_values}
     flags.DEFINE_string("server", None, "TF-Serving HOST:PORT (8500 gRPC, 8501 REST by convention).", **fv)
@@ -60,7 +60,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     cli.define_shared(flag_values, "output", "overwrite",
                       help={"output": "Mask file to write (.nii or .nii.gz), in the input's geometry.",
                             "overwrite": "Replace existing output files."})
-    flags.DEFINE_enum("protocol", "grpc", list(client_lib.PROTOCOLS), "gRPC PredictRequest or REST JSON.", **fv)
+    flags.DEFINE_enum("protocol", "grpc", list(client.PROTOCOLS), "gRPC PredictRequest or REST JSON.", **fv)
     flags.DEFINE_integer("version", None, "Model version to ask for; default: the latest loaded one.", **fv)
     flags.DEFINE_enum("signature", None, list(signatures.SIGNATURES),
                       "Signature to call; default serving_default over gRPC, serialized (base64 maps) over REST.",
@@ -68,8 +68,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_list("channels", list(isles.DEFAULT_CHANNELS), "Input modalities in the export's channel order.",
                       **fv)
     flags.DEFINE_string("probabilities_output", None, "Also write the lesion probabilities (float32 NIfTI).", **fv)
-    flags.DEFINE_float("timeout_s", client_lib.DEFAULT_TIMEOUT_S, "Deadline of the request in seconds.", **fv)
-    flags.DEFINE_integer("max_message_mb", client_lib.DEFAULT_MAX_MESSAGE_MB,
+    flags.DEFINE_float("timeout_s", client.DEFAULT_TIMEOUT_S, "Deadline of the request in seconds.", **fv)
+    flags.DEFINE_integer("max_message_mb", client.DEFAULT_MAX_MESSAGE_MB,
                          "gRPC max send/receive message length of the client channel, in MiB.", **fv)
     flags.mark_flags_as_required(["server", "model_name", "input", "output"], flag_values=flag_values)
     cli.define_old_names(flag_values, TOOL, OLD_NAMES)
@@ -116,22 +116,22 @@ def run(config: ClientConfig) -> dict:
     """Reads the case, asks TF-Serving, writes the mask (and probabilities); returns a summary dict.
 
     Raises:
-        isles.IslesFormatError, client_lib.ServingError, ValueError: one line.
+        isles.IslesFormatError, client.ServingError, ValueError: one line.
     """
     from strokenet_tf.data import preprocess
-    from strokenet_tf.serving import client_lib
+    from strokenet_tf.serving import client
 
     case = isles.read_case(config.input, config.channels, read_label=False)  # the label plays no part here
     image = preprocess.select_channels(case, config.channels)
-    client = client_lib.ServingClient(
+    connection = client.ServingClient(
         config.server, config.model_name, protocol=config.protocol, version=config.version, signature=config.signature,
         timeout_s=config.timeout_s, max_message_bytes=config.max_message_mb << 20,
         want_probabilities=config.probabilities_output is not None,
     )
     try:
-        probabilities, mask = client.segment_image(image)
+        probabilities, mask = connection.segment_image(image)
     finally:
-        client.close()
+        connection.close()
     isles.write_nifti_like(mask, case, config.output, dtype="uint8")
     if config.probabilities_output:
         isles.write_nifti_like(probabilities, case, config.probabilities_output, dtype="float32")
@@ -145,11 +145,11 @@ def _fail(message: str) -> None:
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     cli.reject_arguments(TOOL, argv)
-    from strokenet_tf.serving import client_lib
+    from strokenet_tf.serving import client
 
     try:
         summary = run(config_from_flags(flag_values))
-    except (ClientError, isles.IslesFormatError, client_lib.ServingError, ValueError) as error:
+    except (ClientError, isles.IslesFormatError, client.ServingError, ValueError) as error:
         _fail(str(error))
     except OSError as error:
         _fail(cli.os_error_line(error, flag_values.output))

@@ -55,9 +55,9 @@ def make_case():
 
 def write_tiny_training_set(tmp_path_factory, size: int = 32) -> str:
     """Six labelled synthetic cases of 2-4 slices of size x size (the trainer tests' dataset); returns the root."""
-    from strokenet_tf.data import synthesize
+    from strokenet_tf.data import synthesis
 
     root = tmp_path_factory.mktemp("isles")
-    synthesize.write_dataset(str(root), num_cases=6, seed=0, split="TRAINING", size=size, depths=(2, 4),
+    synthesis.write_dataset(str(root), num_cases=6, seed=0, split="TRAINING", size=size, depths=(2, 4),
                              with_pwi=False)
     return str(root)

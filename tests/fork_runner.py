@@ -32,7 +32,7 @@ _DRIVER = r"""
 import json, os, runpy, sys, traceback
 import tensorflow, keras  # noqa: F401  (the expensive imports, done once; no op runs before the fork)
 from strokenet_tf import config, evaluation, inference, montage, prediction  # noqa: F401
-from strokenet_tf.serving import client_lib, export_lib  # noqa: F401
+from strokenet_tf.serving import client, exporting  # noqa: F401
 from strokenet_tf.training import loop  # noqa: F401
 jobs, out_dir, workers = json.loads(sys.stdin.read()), sys.argv[1], int(sys.argv[2])
 codes, running = {}, {}

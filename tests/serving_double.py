@@ -15,7 +15,7 @@ Not copied: batching, version policies, warmup, model reloads, metadata/status A
 
 Example:
     with ServingDouble({"strokenet": "exports/strokenet/1"}) as double:
-        client_lib.ServingClient(double.grpc_address, "strokenet").segment_image(image)
+        client.ServingClient(double.grpc_address, "strokenet").segment_image(image)
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import sys
 import pytest
 
 import fork_runner
-from strokenet_tf.data import synthesize
+from strokenet_tf.data import synthesis
 
 REPO = fork_runner.REPO
 WORKERS = 2
@@ -174,7 +174,7 @@ def places(tmp_path_factory):
     """Placeholder -> path: tiny data, a tiny run, a plain file, a missing path, a folder synthesize did not write."""
     root = tmp_path_factory.mktemp("cli")
     data = root / "data"
-    synthesize.write_dataset(str(data), num_cases=3, seed=0, size=32, depths=(2,), with_pwi=False)
+    synthesis.write_dataset(str(data), num_cases=3, seed=0, size=32, depths=(2,), with_pwi=False)
     import serving_fixtures
 
     run = serving_fixtures.write_run(serving_fixtures.tiny_model(), str(root / "run"))

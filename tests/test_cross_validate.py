@@ -1,4 +1,4 @@
-"""Tests for strokenet_tf.cross_validate: every fold trained and scored on its own held-out cases, the summary
+"""Tests for strokenet_tf.cross_validate and cross_validation: every fold trained and scored on its own held-out cases, the summary
 over folds, resuming (a scored fold is skipped), refusals."""
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from strokenet_tf import cross_validate, evaluation
-from strokenet_tf.data import folds, synthesize
+from strokenet_tf import cross_validate, cross_validation, evaluation
+from strokenet_tf.data import folds, synthesis
 from strokenet_tf.training import loop
 
 
@@ -23,7 +23,7 @@ def parse(*argv):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    synthesize.write_dataset(str(root), num_cases=4, seed=1, size=32, depths=(2,), with_pwi=False)
+    synthesis.write_dataset(str(root), num_cases=4, seed=1, size=32, depths=(2,), with_pwi=False)
     return str(root)
 
 
@@ -46,7 +46,7 @@ def test_every_fold_is_trained_scored_and_summarised(cv_run, data_dir, capsys):
     assert "Dice %" in printed and "Recall %" in printed and "Precision %" in printed and "HD95 mm" in printed
     assert "StrokeNet report" in printed and "52.26%" in printed
     case_ids = [f"case_{k}" for k in range(1, 5)]
-    summary = json.loads((model_dir / cross_validate.CV_SUMMARY_JSON).read_text())
+    summary = json.loads((model_dir / cross_validation.CV_SUMMARY_JSON).read_text())
     assert sorted(summary["folds"]) == ["0", "1"] and summary["n_cases"] == 4
     fold_means = []
     for fold in (0, 1):
@@ -63,22 +63,22 @@ def test_every_fold_is_trained_scored_and_summarised(cv_run, data_dir, capsys):
     over = summary["mean_over_folds"]["dice"]
     assert over["mean"] == pytest.approx(sum(fold_means) / 2) and over["n_folds"] == 2
     assert over["std"] == pytest.approx(abs(fold_means[0] - fold_means[1]) / 2)
-    lines = (model_dir / cross_validate.CV_SUMMARY_CSV).read_text().splitlines()
-    assert lines[0].split(",") == cross_validate.CSV_HEADER and [line.split(",")[0] for line in lines[1:]] == \
+    lines = (model_dir / cross_validation.CV_SUMMARY_CSV).read_text().splitlines()
+    assert lines[0].split(",") == cross_validation.CSV_HEADER and [line.split(",")[0] for line in lines[1:]] == \
         ["0", "1", "mean", "std"]
     assert lines[3].split(",")[2] == f"{100 * over['mean']:.2f}"
 
 
 def test_rerun_skips_finished_folds(cv_run, monkeypatch, capsys):
     model_dir, flag_values = cv_run
-    before = (model_dir / cross_validate.CV_SUMMARY_JSON).read_text()
+    before = (model_dir / cross_validation.CV_SUMMARY_JSON).read_text()
 
     def no_training(config, *args, **kwargs):
         raise AssertionError(f"fold {config.fold} was trained again")
 
     monkeypatch.setattr(loop, "train", no_training)
     cross_validate.main(["cross_validate"], flag_values)
-    assert (model_dir / cross_validate.CV_SUMMARY_JSON).read_text() == before
+    assert (model_dir / cross_validation.CV_SUMMARY_JSON).read_text() == before
 
 
 def test_settings_of_another_run_and_bad_flags_are_refused(cv_run, data_dir, capsys):
@@ -100,10 +100,10 @@ def test_aggregate_ignores_nan_folds_and_formats_percent():
         0: {"n_cases": 2, "metrics": {"dice": {"mean": 0.5}, "recall": {"mean": 0.25}, "hd95_mm": {"mean": None}}},
         1: {"n_cases": 3, "metrics": {"dice": {"mean": 0.7}, "recall": {"mean": 0.75}, "hd95_mm": {"mean": 4.0}}},
     }
-    summary = cross_validate.aggregate(documents)
+    summary = cross_validation.aggregate(documents)
     assert summary["n_cases"] == 5 and summary["mean_over_folds"]["dice"]["mean"] == pytest.approx(0.6)
     assert summary["mean_over_folds"]["hd95_mm"] == {"mean": 4.0, "std": 0.0, "n_folds": 1}
     assert math.isnan(summary["folds"][0]["hd95_mm"])
-    table = cross_validate.format_cv_table(summary)
+    table = cross_validation.format_cv_table(summary)
     assert table.splitlines()[3].split()[:5] == ["mean", "5", "60.00", "50.00", "nan"]
     assert evaluation.json_safe(summary)["folds"]["0"]["hd95_mm"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from strokenet_tf import baselines
-from strokenet_tf.data import difficulty, synthesize
+from strokenet_tf.data import difficulty, synthesis
 
 
 def test_rapid_core_on_hand_made_maps():
@@ -23,7 +23,7 @@ def test_rapid_core_on_hand_made_maps():
 
 
 def test_report_on_a_small_generated_set(tmp_path):
-    synthesize.write_dataset(tmp_path, 6, seed=2, size=48, depths=(4, 8), with_pwi=False, centres=("centre_1", "centre_3"))
+    synthesis.write_dataset(tmp_path, 6, seed=2, size=48, depths=(4, 8), with_pwi=False, centres=("centre_1", "centre_3"))
     report = difficulty.difficulty_report(str(tmp_path), num_folds=3)
     assert report["num_cases"] == 6 and set(report["per_case"]) == {f"case_{k}" for k in range(1, 7)}
     assert sum(report["depth_mix"].values()) == 6 and set(report["depth_mix"]) <= {4, 8}
@@ -39,7 +39,7 @@ def test_report_on_a_small_generated_set(tmp_path):
 def test_held_out_scoring_of_the_fitted_and_rapid_rules(tmp_path):
     from strokenet_tf.data import isles
 
-    synthesize.write_dataset(tmp_path, 2, seed=6, size=32, depths=(2,), with_pwi=False)
+    synthesis.write_dataset(tmp_path, 2, seed=6, size=32, depths=(2,), with_pwi=False)
     cases = isles.load_cases(tmp_path, split="TRAINING", require_label=True)
     rule = baselines.ThresholdRule(isles.TMAX, "above", 0.5, 0.0)
     scores = baselines.score_held_out(rule, cases, cases[0].channels)

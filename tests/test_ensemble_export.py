@@ -10,7 +10,7 @@ from absl import flags
 
 import serving_fixtures
 from strokenet_tf import ensemble, export, inference
-from strokenet_tf.serving import export_lib, metadata as metadata_lib, signatures
+from strokenet_tf.serving import exporting, metadata as metadata_lib, signatures
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,9 @@ def cv_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(cv_dir, tmp_path_factory):
-    config = export_lib.ExportConfig(model_dir=cv_dir, export_base=str(tmp_path_factory.mktemp("exports")),
+    config = exporting.ExportConfig(model_dir=cv_dir, export_base=str(tmp_path_factory.mktemp("exports")),
                                      warmup_depths=(2,), warmup_size=16)
-    return export_lib.export_run(config)
+    return exporting.export_run(config)
 
 
 def test_cv_folder_exports_one_mirrored_calibrated_ensemble(exported, cv_dir):

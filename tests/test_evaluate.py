@@ -13,7 +13,7 @@ from absl import flags
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf import evaluate, evaluation, inference, metrics
 from strokenet_tf.config import TrainConfig
-from strokenet_tf.data import isles, pipeline, synthesize
+from strokenet_tf.data import isles, pipeline, synthesis
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import loop
 
@@ -22,7 +22,7 @@ from strokenet_tf.training import loop
 def tiny_run(tmp_path_factory):
     """6 labelled cases, 3 folds, a tiny network trained for 3 steps on fold 1."""
     root = tmp_path_factory.mktemp("data")
-    synthesize.write_dataset(str(root), num_cases=6, seed=3, size=32, depths=(2, 3), with_pwi=False)
+    synthesis.write_dataset(str(root), num_cases=6, seed=3, size=32, depths=(2, 3), with_pwi=False)
     model = strokenet.tiny_model_config(in_channels=5)
     config = TrainConfig(
         data_dir=str(root), model_dir=str(tmp_path_factory.mktemp("run") / "model"), model=model,

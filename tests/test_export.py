@@ -1,4 +1,4 @@
-"""Tests for strokenet_tf.export and strokenet_tf.serving.export_lib: the TF-Serving SavedModel export.
+"""Tests for strokenet_tf.export and strokenet_tf.serving.exporting: the TF-Serving SavedModel export.
 
 Checked without a TF-Serving binary: signatures, dtypes and dynamic dims (in this process and in a fresh
 one with `saved_model_cli show --all`), equality with the in-process Segmenter on odd sizes, the in-graph
@@ -24,7 +24,7 @@ import serving_double
 import serving_fixtures
 from strokenet_tf import export, inference
 from strokenet_tf.data import isles, preprocess
-from strokenet_tf.serving import export_lib, metadata as metadata_lib, signatures, warmup
+from strokenet_tf.serving import exporting, metadata as metadata_lib, signatures, warmup
 
 WARMUP_DEPTH, WARMUP_SIZE = 3, 16
 
@@ -224,18 +224,18 @@ def test_warmup_file_replays_through_the_loaded_signature(exported, segmenter):
 
 
 def test_version_names_follow_tf_serving(tmp_path):
-    assert export_lib.is_version_name("1") and export_lib.is_version_name("007")
-    assert not any(export_lib.is_version_name(name) for name in
+    assert exporting.is_version_name("1") and exporting.is_version_name("007")
+    assert not any(exporting.is_version_name(name) for name in
                    (".tmp-export-0123456789ab-3", ".tmp-replaced-0123456789ab-3", "v1", "1.0", ""))
     base = tmp_path / "strokenet"
-    assert export_lib.next_version(str(base)) == 1
+    assert exporting.next_version(str(base)) == 1
     for name in ("1", "3", ".tmp-export-abc-7", "notes"):
         (base / name).mkdir(parents=True)
     (base / "9").write_text("a file, not a version folder")
-    assert export_lib.existing_versions(str(base)) == [1, 3] and export_lib.next_version(str(base)) == 4
+    assert exporting.existing_versions(str(base)) == [1, 3] and exporting.next_version(str(base)) == 4
     (base / "003").mkdir()  # TF-Serving reads it as version 3 too: never add a second folder for 3
-    with pytest.raises(export_lib.ExportError, match="version 3 already exists as folder '003'"):
-        export_lib.export_segmenter(None, str(base), 3, {}, overwrite=True)
+    with pytest.raises(exporting.ExportError, match="version 3 already exists as folder '003'"):
+        exporting.export_segmenter(None, str(base), 3, {}, overwrite=True)
 
 
 def test_scratch_folders_of_dead_exports_on_this_host_are_removed_and_others_kept(tmp_path):
@@ -253,11 +253,11 @@ def test_scratch_folders_of_dead_exports_on_this_host_are_removed_and_others_kep
     }
     for name in names.values():
         (base / name).mkdir(parents=True)
-    removed = export_lib.remove_abandoned_scratch(str(base))
+    removed = exporting.remove_abandoned_scratch(str(base))
     assert sorted(removed) == sorted(str(base / names[key]) for key in ("dead_here", "dead_retired"))
     assert sorted(os.listdir(base)) == sorted(names[key] for key in
                                               ("alive_here", "dead_elsewhere", "unknown_origin", "version"))
-    assert export_lib.remove_abandoned_scratch(str(tmp_path / "absent")) == []
+    assert exporting.remove_abandoned_scratch(str(tmp_path / "absent")) == []
 
 
 def test_existing_version_is_refused_without_overwrite(exported, run_dir, capsys):
@@ -295,21 +295,21 @@ def test_overwrite_stages_invisibly_then_replaces_the_version(exported, run_dir,
     model_base = os.path.dirname(version_dir)
     old_metadata = metadata_lib.read_metadata(version_dir)
     seen = {}
-    real_verify = export_lib.verify_export
+    real_verify = exporting.verify_export
 
     def inspecting_verify(staging, segmenter, fallback_images=()):
         # Mid-export: TF-Serving would still see only the old version 1; the new one is a hidden folder.
         seen["listing"] = sorted(os.listdir(model_base))
-        seen["versions"] = export_lib.existing_versions(model_base)
+        seen["versions"] = exporting.existing_versions(model_base)
         seen["version_1_run"] = metadata_lib.read_metadata(version_dir)["exported_at"]
         return real_verify(staging, segmenter, fallback_images)
 
-    monkeypatch.setattr(export_lib, "verify_export", inspecting_verify)
-    result = export_lib.export_run(export_lib.ExportConfig(
+    monkeypatch.setattr(exporting, "verify_export", inspecting_verify)
+    result = exporting.export_run(exporting.ExportConfig(
         model_dir=run_dir, export_base=export_base, version=1, overwrite=True, threshold=0.25, warmup_depths=()))
     assert seen["versions"] == [1] and seen["version_1_run"] == old_metadata["exported_at"]
     (staging,) = [name for name in seen["listing"] if name != "1"]
-    assert staging.startswith(".tmp-export-") and not export_lib.is_version_name(staging)
+    assert staging.startswith(".tmp-export-") and not exporting.is_version_name(staging)
     assert result.version_dir == version_dir and sorted(os.listdir(model_base)) == ["1"]
     assert metadata_lib.read_metadata(version_dir)["threshold"] == 0.25
     assert not os.path.exists(os.path.join(version_dir, warmup.WARMUP_FILE))
@@ -320,9 +320,9 @@ def test_failed_export_leaves_no_version_and_no_staging(run_dir, tmp_path, monke
     def broken_archive(segmenter):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_lib, "build_export_archive", broken_archive)
+    monkeypatch.setattr(exporting, "build_export_archive", broken_archive)
     with pytest.raises(RuntimeError, match="disk full"):
-        export_lib.export_run(export_lib.ExportConfig(model_dir=run_dir, export_base=str(tmp_path), warmup_depths=()))
+        exporting.export_run(exporting.ExportConfig(model_dir=run_dir, export_base=str(tmp_path), warmup_depths=()))
     assert os.listdir(tmp_path / "strokenet") == []
 
 
@@ -331,7 +331,7 @@ def test_mixed_float16_model_exports_float32_signatures(tmp_path, make_case):
     assert any(layer.compute_dtype == "float16" for layer in model.layers)
     mixed = inference.Segmenter(model, isles.DEFAULT_CHANNELS, serving_fixtures.MODEL_CONFIG.required_multiples)
     metadata = {"model_name": "strokenet", "channels": list(isles.DEFAULT_CHANNELS), "threshold": 0.5}
-    version_dir, _ = export_lib.export_segmenter(mixed, str(tmp_path / "strokenet"), 1, metadata, verify=False)
+    version_dir, _ = exporting.export_segmenter(mixed, str(tmp_path / "strokenet"), 1, metadata, verify=False)
     loaded = tf.saved_model.load(version_dir)
     signature = loaded.signatures["serving_default"]
     assert signature.structured_input_signature[1]["image"].dtype == tf.float32
@@ -378,7 +378,7 @@ def test_deployment_files_parse_as_tf_serving_protos():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    folder = export_lib.deployment_dir()
+    folder = exporting.deployment_dir()
     assert folder is not None and os.path.isfile(os.path.join(folder, "README.md"))
     with open(os.path.join(folder, "models.config"), encoding="utf-8") as stream:
         config = text_format.Parse(stream.read(), model_server_config_pb2.ModelServerConfig())

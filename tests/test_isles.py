@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from strokenet_tf.data import isles, synthesize
+from strokenet_tf.data import isles, synthesis
 
 SHAPE = (8, 6, 3)  # NIfTI (x, y, z)
 AFFINE = np.array([[-0.9, 0, 0, 90.0], [0, 0.9, 0, -100.0], [0, 0, 5.0, -20.0], [0, 0, 0, 1]])
@@ -58,12 +58,12 @@ def _patch_header(path, **fields):
 
 
 def test_synthetic_round_trip_matches_generator(tmp_path):
-    synthesize.write_dataset(tmp_path, 2, seed=3, size=24, depths=(2, 4), with_pwi=False)
+    synthesis.write_dataset(tmp_path, 2, seed=3, size=24, depths=(2, 4), with_pwi=False)
     cases = isles.load_cases(tmp_path, require_label=True)
     assert [c.case_id for c in cases] == ["case_1", "case_2"]
     for index, case in enumerate(cases, start=1):
-        expected = synthesize.synthesize_case(
-            synthesize.case_rng(3, "TRAINING", index), size=24, depths=(2, 4), with_pwi=False
+        expected = synthesis.synthesize_case(
+            synthesis.case_rng(3, "TRAINING", index), size=24, depths=(2, 4), with_pwi=False
         )
         depth = expected["maps"][isles.CT].shape[2]
         assert case.image.shape == (depth, 24, 24, 5)
@@ -81,9 +81,9 @@ def test_synthetic_round_trip_matches_generator(tmp_path):
 
 
 def test_isles_storage_reads_vendor_scaled_integers(tmp_path):
-    synthesize.write_dataset(tmp_path, 1, seed=4, size=24, depths=(2,), storage="isles", with_pwi=False)
+    synthesis.write_dataset(tmp_path, 1, seed=4, size=24, depths=(2,), storage="isles", with_pwi=False)
     case = isles.read_case(tmp_path / "TRAINING" / "case_1")
-    expected = synthesize.synthesize_case(synthesize.case_rng(4, "TRAINING", 1), size=24, depths=(2,), with_pwi=False)
+    expected = synthesis.synthesize_case(synthesis.case_rng(4, "TRAINING", 1), size=24, depths=(2,), with_pwi=False)
     maps, scale = expected["maps"], expected["vendor_scale"]
     assert nib.load(case.source_files[isles.CBF]).get_data_dtype() == np.uint16
     np.testing.assert_array_equal(case.image[..., 1], isles.nifti_to_network(np.rint(maps[isles.CBF] * scale[isles.CBF])))
@@ -94,9 +94,9 @@ def test_isles_storage_reads_vendor_scaled_integers(tmp_path):
 
 @pytest.mark.parametrize("summary", ["max", "mean"])
 def test_pwi_channel_is_summarised_over_time(tmp_path, summary):
-    synthesize.write_dataset(tmp_path, 1, seed=5, size=16, depths=(2,), with_pwi=True)
+    synthesis.write_dataset(tmp_path, 1, seed=5, size=16, depths=(2,), with_pwi=True)
     case = isles.read_case(tmp_path / "TRAINING" / "case_1", channels=(isles.CT, isles.PWI), pwi_summary=summary)
-    pwi = synthesize.synthesize_case(synthesize.case_rng(5, "TRAINING", 1), size=16, depths=(2,))["maps"][isles.PWI]
+    pwi = synthesis.synthesize_case(synthesis.case_rng(5, "TRAINING", 1), size=16, depths=(2,))["maps"][isles.PWI]
     assert pwi.ndim == 4 and 43 <= pwi.shape[3] <= 49
     reduced = pwi.max(axis=3) if summary == "max" else pwi.mean(axis=3)
     np.testing.assert_allclose(case.image[..., 1], isles.nifti_to_network(reduced).astype(np.float32), rtol=1e-6)

@@ -31,35 +31,35 @@ import pytest
 
 import fork_runner
 import serving_fixtures
-from strokenet_tf.data import synthesize
-from strokenet_tf.serving import export_lib, metadata as metadata_lib
+from strokenet_tf.data import synthesis
+from strokenet_tf.serving import exporting, metadata as metadata_lib
 
 KILLED = -signal.SIGKILL
 DIE = "import os, signal, threading\n\ndef _die(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGKILL)\n\n"
 EXPORT_ARGS = ("--warmup_depths=2", "--warmup_size=16")
-_EXPORT_LIB = "from strokenet_tf.serving import export_lib\n"
+_EXPORTING = "from strokenet_tf.serving import exporting\n"
 _RENAME = ("_real_rename = os.rename\n\ndef _rename(src, dst):\n{body}\n\nos.rename = _rename\n")
 
 # point -> (hook, extra flags, version folder present before the run)
 EXPORT_KILLS = {
-    "savedmodel_written": (_EXPORT_LIB + "export_lib.metadata_lib.write_metadata = _die\n", (), False),
-    "writing_warmup": (_EXPORT_LIB + "export_lib.warmup.write_warmup_file = _die\n", (), False),
-    "verifying": (_EXPORT_LIB + "export_lib.verify_export = _die\n", (), False),
+    "savedmodel_written": (_EXPORTING + "exporting.metadata_lib.write_metadata = _die\n", (), False),
+    "writing_warmup": (_EXPORTING + "exporting.warmup.write_warmup_file = _die\n", (), False),
+    "verifying": (_EXPORTING + "exporting.verify_export = _die\n", (), False),
     "before_rename": (_RENAME.format(body="    if '.tmp-export-' in str(src):\n        _die()\n"
                                           "    return _real_rename(src, dst)"), (), False),
-    "overwrite_before_swap": (_EXPORT_LIB + "export_lib.exchange_paths = _die\n", ("--version=1", "--overwrite"),
+    "overwrite_before_swap": (_EXPORTING + "exporting.exchange_paths = _die\n", ("--version=1", "--overwrite"),
                               True),
-    "overwrite_after_swap": (_EXPORT_LIB + "_real = export_lib.exchange_paths\n"
-                             "export_lib.exchange_paths = lambda a, b: (_real(a, b), _die())\n",
+    "overwrite_after_swap": (_EXPORTING + "_real = exporting.exchange_paths\n"
+                             "exporting.exchange_paths = lambda a, b: (_real(a, b), _die())\n",
                              ("--version=1", "--overwrite"), True),
     # Where the atomic swap is unavailable: the old version is renamed aside, then the new one into place.
-    "overwrite_fallback_between_renames": (_EXPORT_LIB + "export_lib.exchange_paths = lambda a, b: False\n" +
+    "overwrite_fallback_between_renames": (_EXPORTING + "exporting.exchange_paths = lambda a, b: False\n" +
                                            _RENAME.format(body="    _real_rename(src, dst)\n"
                                                                "    if '.tmp-replaced-' in str(dst):\n"
                                                                "        _die()"),
                                            ("--version=1", "--overwrite"), True),
-    "after_publish": (_EXPORT_LIB + "_real = export_lib._publish\n"
-                      "export_lib._publish = lambda *a: (_real(*a), _die())\n", (), False),
+    "after_publish": (_EXPORTING + "_real = exporting._publish\n"
+                      "exporting._publish = lambda *a: (_real(*a), _die())\n", (), False),
 }
 EXPORT_RANDOM_KILLS = 2
 PREDICT_RANDOM_KILLS = 2
@@ -109,10 +109,10 @@ def setting(tmp_path_factory):
     """A tiny run, a complete reference export of it, three small cases."""
     root = tmp_path_factory.mktemp("killed")
     run_dir = serving_fixtures.write_run(serving_fixtures.tiny_model(), str(root / "run"))
-    reference = export_lib.export_run(export_lib.ExportConfig(
+    reference = exporting.export_run(exporting.ExportConfig(
         model_dir=run_dir, export_base=str(root / "reference"), warmup_depths=(2,), warmup_size=16, verify=False))
     data = root / "data"
-    synthesize.write_dataset(str(data), num_cases=3, seed=1, size=32, depths=(2,), with_pwi=False)
+    synthesis.write_dataset(str(data), num_cases=3, seed=1, size=32, depths=(2,), with_pwi=False)
     return {"root": root, "run": run_dir, "reference": reference.version_dir, "data": data / "TRAINING"}
 
 
@@ -173,17 +173,17 @@ def _version_state(model_base: pathlib.Path, reference: str) -> dict:
     names = sorted(os.listdir(model_base)) if model_base.is_dir() else []
     versions = {}
     for name in names:
-        if export_lib.is_version_name(name):
+        if exporting.is_version_name(name):
             folder = model_base / name
             complete = sorted(_sha256_tree(folder)) == expected
             if complete:
                 metadata_lib.read_metadata(str(folder))  # parses
                 complete = (folder / "variables" / "variables.index").stat().st_size > 0
             versions[int(name)] = complete
-    identical = [int(n) for n in names if export_lib.is_version_name(n)
+    identical = [int(n) for n in names if exporting.is_version_name(n)
                  and _sha256_tree(model_base / n) == _sha256_tree(reference)]
     return {"versions": versions, "identical_to_reference": identical,
-            "other": [n for n in names if not export_lib.is_version_name(n)]}
+            "other": [n for n in names if not exporting.is_version_name(n)]}
 
 
 def _complete(path: pathlib.Path) -> bool:

@@ -13,7 +13,7 @@ import tensorflow as tf  # noqa: E402
 from strokenet_tf import inference, perfusion_input, prediction  # noqa: E402
 from strokenet_tf.data import isles, time_series  # noqa: E402
 from strokenet_tf.perfusion import tracer  # noqa: E402
-from strokenet_tf.serving import export_lib, signatures  # noqa: E402
+from strokenet_tf.serving import exporting, signatures  # noqa: E402
 
 FRAMES = 40
 SHAPE = (2, 32, 32)  # network order [depth, height, width]
@@ -123,7 +123,7 @@ def test_from_4d_signature_matches_predict(tmp_path, segmenter):
     case_dir = _case(tmp_path, "case_1")
     case = prediction.read_input(prediction.CaseInput("case_1", "case_1", case_dir=case_dir), segmenter.channels)
     expected, expected_mask = segmenter.predict_case(case)
-    archive = export_lib.build_export_archive(segmenter)
+    archive = exporting.build_export_archive(segmenter)
     archive.write_out(str(tmp_path / "export"), verbose=False)
     loaded = tf.saved_model.load(str(tmp_path / "export"))
     assert signatures.FROM_4D in loaded.signatures
@@ -161,8 +161,8 @@ def test_export_checks_and_describes_the_from_4d_signature(tmp_path, segmenter, 
     assert bool(found.numpy()[0])  # the phantom has an arterial input: the check compares real maps
     summary = metadata_lib.signature_summary(len(segmenter.channels), from_4d=True)[signatures.FROM_4D]
     assert set(summary["inputs"]) == set(signatures.FROM_4D_KEYS) and signatures.AIF_FOUND_KEY in summary["outputs"]
-    version_dir, difference = export_lib.export_segmenter(segmenter, str(tmp_path / "base"), 1, {"model_name": "m"})
-    assert difference is not None and difference <= export_lib.PROBABILITY_TOLERANCE
+    version_dir, difference = exporting.export_segmenter(segmenter, str(tmp_path / "base"), 1, {"model_name": "m"})
+    assert difference is not None and difference <= exporting.PROBABILITY_TOLERANCE
     loaded = tf.saved_model.load(version_dir)
     original = signatures.from_4d_endpoint
 
@@ -172,5 +172,5 @@ def test_export_checks_and_describes_the_from_4d_signature(tmp_path, segmenter, 
                                  function(**inputs)[inference.PROBABILITIES_KEY] + 0.1}
 
     monkeypatch.setattr(signatures, "from_4d_endpoint", shifted)
-    with pytest.raises(export_lib.ExportError, match="from_4d"):
-        export_lib._verify_from_4d(version_dir, loaded, segmenter)
+    with pytest.raises(exporting.ExportError, match="from_4d"):
+        exporting._verify_from_4d(version_dir, loaded, segmenter)

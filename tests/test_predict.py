@@ -15,7 +15,7 @@ from scipy import ndimage
 from strokenet_tf import inference, metrics, predict, prediction
 from strokenet_tf import curriculum as curriculum_lib
 from strokenet_tf.config import TrainConfig
-from strokenet_tf.data import isles, pipeline, synthesize
+from strokenet_tf.data import isles, pipeline, synthesis
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import loop
 
@@ -53,7 +53,7 @@ def write_case(case_dir, maps_xyz, affine, codes=(1, 2), dtype=np.float32, skip=
 
 def synthetic_maps(seed, size=33, depth=3, label=False):
     """Maps in NIfTI (x, y, z) order of an odd-sized synthetic case (33 x 33 x 3: padding needed)."""
-    case = synthesize.synthesize_case(np.random.default_rng(seed), size=size, depths=(depth,), with_pwi=False)
+    case = synthesis.synthesize_case(np.random.default_rng(seed), size=size, depths=(depth,), with_pwi=False)
     maps = {m: case["maps"][m] for m in MODALITIES}
     if label:
         maps[isles.LABEL] = case["maps"][isles.LABEL]
@@ -72,7 +72,7 @@ def voxelwise_segmenter(threshold=0.5):
 def tiny_run(tmp_path_factory):
     """A tiny trained run (2 optimizer steps) to drive the command line through `load_segmenter`."""
     root = tmp_path_factory.mktemp("data")
-    synthesize.write_dataset(str(root), num_cases=3, seed=0, size=32, depths=(2,), with_pwi=False)
+    synthesis.write_dataset(str(root), num_cases=3, seed=0, size=32, depths=(2,), with_pwi=False)
     model = strokenet.tiny_model_config(in_channels=5)
     config = TrainConfig(
         data_dir=str(root), model_dir=str(tmp_path_factory.mktemp("run") / "model"), model=model,

@@ -1,4 +1,4 @@
-"""Tests for strokenet_tf.serving_client and strokenet_tf.serving.client_lib.
+"""Tests for strokenet_tf.serving_client and strokenet_tf.serving.client.
 
 The server is `serving_double.ServingDouble`: the exported SavedModel behind TF-Serving's gRPC and REST
 message formats on localhost (a test double; no TF-Serving binary can be installed here).
@@ -18,8 +18,8 @@ from tensorflow_serving.apis import predict_pb2
 import serving_double
 import serving_fixtures
 from strokenet_tf import inference, serving_client
-from strokenet_tf.data import isles, synthesize
-from strokenet_tf.serving import client_lib, export_lib, signatures
+from strokenet_tf.data import isles, synthesis
+from strokenet_tf.serving import client, exporting, signatures
 
 MODEL = "strokenet"
 
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def double(run_dir, tmp_path_factory):
-    result = export_lib.export_run(export_lib.ExportConfig(
+    result = exporting.export_run(exporting.ExportConfig(
         model_dir=run_dir, export_base=str(tmp_path_factory.mktemp("exports")), model_name=MODEL,
         warmup_depths=(), verify=False))
     with serving_double.ServingDouble({MODEL: result.version_dir}) as server:
@@ -41,7 +41,7 @@ def double(run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("isles")
-    (folder,) = synthesize.write_dataset(str(root), num_cases=1, seed=4, split="TESTING", size=20, depths=(3,),
+    (folder,) = synthesis.write_dataset(str(root), num_cases=1, seed=4, split="TESTING", size=20, depths=(3,),
                                          with_pwi=False)
     return str(folder)
 
@@ -61,7 +61,7 @@ def _image(shape=(3, 5, 4)):
 
 def test_grpc_request_carries_a_float32_batch_of_one_and_the_output_filter():
     image = _image()
-    request = client_lib.build_predict_request(image, MODEL, version=4, output_keys=("mask",))
+    request = client.build_predict_request(image, MODEL, version=4, output_keys=("mask",))
     assert request.model_spec.name == MODEL and request.model_spec.signature_name == "serving_default"
     assert request.model_spec.version.value == 4 and list(request.output_filter) == ["mask"]
     tensor = request.inputs["image"]
@@ -70,7 +70,7 @@ def test_grpc_request_carries_a_float32_batch_of_one_and_the_output_filter():
     assert len(tensor.tensor_content) == image.nbytes  # compact bytes, not one float_val per voxel
     np.testing.assert_array_equal(tf.make_ndarray(tensor)[0], image)
 
-    serialized = client_lib.build_predict_request(image, MODEL, signature=signatures.SERIALIZED)
+    serialized = client.build_predict_request(image, MODEL, signature=signatures.SERIALIZED)
     assert not serialized.model_spec.HasField("version") and list(serialized.inputs) == ["image_bytes"]
     (payload,) = tf.make_ndarray(serialized.inputs["image_bytes"])
     np.testing.assert_array_equal(tf.io.parse_tensor(payload, tf.float32).numpy(), image)
@@ -83,40 +83,40 @@ def test_grpc_response_parsing_accepts_content_and_repeated_fields_and_checks_sh
     response.outputs["probabilities"].dtype = tf.float32.as_datatype_enum  # float_val form, as some servers send
     response.outputs["probabilities"].tensor_shape.CopyFrom(tf.TensorShape([1, 1, 2, 2]).as_proto())
     response.outputs["probabilities"].float_val.extend([0.1, 0.9, 0.8, 0.2])
-    probabilities, parsed_mask = client_lib.parse_predict_response(response, (1, 2, 2))
+    probabilities, parsed_mask = client.parse_predict_response(response, (1, 2, 2))
     np.testing.assert_array_equal(parsed_mask, mask[0])
     np.testing.assert_allclose(probabilities, [[[0.1, 0.9], [0.8, 0.2]]], rtol=1e-6)
-    with pytest.raises(client_lib.ServingError, match=r"shape \(1, 1, 2, 2\); expected \(1, 1, 2, 3\)"):
-        client_lib.parse_predict_response(response, (1, 2, 3))
-    with pytest.raises(client_lib.ServingError, match="no 'mask' output"):
-        client_lib.parse_predict_response(predict_pb2.PredictResponse(), (1, 2, 2))
+    with pytest.raises(client.ServingError, match=r"shape \(1, 1, 2, 2\); expected \(1, 1, 2, 3\)"):
+        client.parse_predict_response(response, (1, 2, 3))
+    with pytest.raises(client.ServingError, match="no 'mask' output"):
+        client.parse_predict_response(predict_pb2.PredictResponse(), (1, 2, 2))
 
 
 def test_rest_body_and_response_formats():
     image = _image()
-    body = client_lib.build_rest_body(image)
+    body = client.build_rest_body(image)
     assert body["signature_name"] == "serialized" and list(body["inputs"]) == ["image_bytes"]
     (item,) = body["inputs"]["image_bytes"]
     decoded = tf.io.parse_tensor(base64.b64decode(item["b64"]), tf.float32).numpy()
     np.testing.assert_array_equal(decoded, image)
-    plain = client_lib.build_rest_body(image, signatures.SERVING_DEFAULT)
+    plain = client.build_rest_body(image, signatures.SERVING_DEFAULT)
     assert np.asarray(plain["inputs"]["image"]).shape == (1, 3, 5, 4, 5)
     assert len(json.dumps(body)) < len(json.dumps(plain)) / 2
 
     columnar = {"outputs": {"mask": [[[[1, 0]]]], "probabilities": [[[[0.75, 0.25]]]]}}
     rows = {"predictions": [{"mask": [[[1, 0]]], "probabilities": [[[0.75, 0.25]]]}]}
     for reply in (columnar, rows):
-        probabilities, mask = client_lib.parse_rest_response(reply, (1, 1, 2))
+        probabilities, mask = client.parse_rest_response(reply, (1, 1, 2))
         assert mask.dtype == np.uint8 and mask.tolist() == [[[1, 0]]]
         assert probabilities.dtype == np.float32 and probabilities.tolist() == [[[0.75, 0.25]]]
-    with pytest.raises(client_lib.ServingError, match="server error: Servable not found"):
-        client_lib.parse_rest_response({"error": "Servable not found for request: Latest(x)"}, (1, 1, 2))
-    url = client_lib.rest_predict_url("host:8501", MODEL, 3)
+    with pytest.raises(client.ServingError, match="server error: Servable not found"):
+        client.parse_rest_response({"error": "Servable not found for request: Latest(x)"}, (1, 1, 2))
+    url = client.rest_predict_url("host:8501", MODEL, 3)
     assert url == "http://host:8501/v1/models/strokenet/versions/3:predict"
 
 
 def test_grpc_channel_raises_the_message_size_limits():
-    options = dict(client_lib.grpc_channel_options(512 << 20))
+    options = dict(client.grpc_channel_options(512 << 20))
     assert options == {"grpc.max_send_message_length": 512 << 20, "grpc.max_receive_message_length": 512 << 20}
 
 
@@ -146,9 +146,9 @@ def test_client_writes_the_mask_predict_computes_in_the_input_geometry(double, c
 
 
 def test_grpc_without_probabilities_asks_for_the_mask_only(double, case_dir, expected):
-    client = client_lib.ServingClient(double.grpc_address, MODEL, version=1)
-    probabilities, mask = client.segment_image(isles.read_case(case_dir).image)
-    client.close()
+    connection = client.ServingClient(double.grpc_address, MODEL, version=1)
+    probabilities, mask = connection.segment_image(isles.read_case(case_dir).image)
+    connection.close()
     assert probabilities is None
     np.testing.assert_array_equal(mask, expected[2])
 
@@ -156,21 +156,21 @@ def test_grpc_without_probabilities_asks_for_the_mask_only(double, case_dir, exp
 def test_request_failures_are_one_line_serving_errors(double, case_dir):
     image = isles.read_case(case_dir).image
     failures = [
-        (client_lib.ServingClient(double.grpc_address, "other"), r"gRPC NOT_FOUND: Servable not found"),
-        (client_lib.ServingClient(double.grpc_address, MODEL, version=9), r"NOT_FOUND"),
-        (client_lib.ServingClient(double.rest_address, "other", protocol="rest"), r"HTTP 404: Servable not found"),
-        (client_lib.ServingClient(double.grpc_address, MODEL, max_message_bytes=4096),
+        (client.ServingClient(double.grpc_address, "other"), r"gRPC NOT_FOUND: Servable not found"),
+        (client.ServingClient(double.grpc_address, MODEL, version=9), r"NOT_FOUND"),
+        (client.ServingClient(double.rest_address, "other", protocol="rest"), r"HTTP 404: Servable not found"),
+        (client.ServingClient(double.grpc_address, MODEL, max_message_bytes=4096),
          r"RESOURCE_EXHAUSTED.*raise --max_message_mb"),
-        (client_lib.ServingClient("127.0.0.1:1", MODEL, timeout_s=10), r"127.0.0.1:1: gRPC UNAVAILABLE"),
-        (client_lib.ServingClient("127.0.0.1:1", MODEL, protocol="rest", timeout_s=10), r"cannot reach TF-Serving"),
+        (client.ServingClient("127.0.0.1:1", MODEL, timeout_s=10), r"127.0.0.1:1: gRPC UNAVAILABLE"),
+        (client.ServingClient("127.0.0.1:1", MODEL, protocol="rest", timeout_s=10), r"cannot reach TF-Serving"),
     ]
-    for client, pattern in failures:
-        with pytest.raises(client_lib.ServingError, match=pattern) as error_info:
-            client.segment_image(image)
-        client.close()
+    for connection, pattern in failures:
+        with pytest.raises(client.ServingError, match=pattern) as error_info:
+            connection.segment_image(image)
+        connection.close()
         assert "\n" not in str(error_info.value)
-    with pytest.raises(client_lib.ServingError, match="INVALID_ARGUMENT"):  # 4 channels for a 5-channel model
-        client_lib.ServingClient(double.grpc_address, MODEL).segment_image(image[..., :4])
+    with pytest.raises(client.ServingError, match="INVALID_ARGUMENT"):  # 4 channels for a 5-channel model
+        client.ServingClient(double.grpc_address, MODEL).segment_image(image[..., :4])
 
 
 def _flag_values(**values) -> flags.FlagValues:
@@ -214,11 +214,11 @@ def test_cli_errors_are_one_line(case_dir, tmp_path, capsys, values, expected_er
 
 def test_row_format_rest_request_through_the_double(double, case_dir, expected):
     image = isles.read_case(case_dir).image
-    payload = base64.b64encode(client_lib.serialize_image(image)).decode("ascii")
+    payload = base64.b64encode(client.serialize_image(image)).decode("ascii")
     body = {"signature_name": "serialized", "instances": [{"image_bytes": {"b64": payload}}]}
     status, reply = double.predict_rest(f"/v1/models/{MODEL}/versions/1:predict", json.dumps(body).encode())
     assert status == 200 and list(reply) == ["predictions"]
-    probabilities, mask = client_lib.parse_rest_response(reply, image.shape[:3])
+    probabilities, mask = client.parse_rest_response(reply, image.shape[:3])
     np.testing.assert_array_equal(mask, expected[2])
     np.testing.assert_allclose(probabilities, expected[1], rtol=0, atol=1e-5)
     status, reply = double.predict_rest(f"/v1/models/{MODEL}:predict", json.dumps({"inputs": {"x": [1]}}).encode())

@@ -1,4 +1,4 @@
-"""Tests for strokenet_tf.data.synthesize: layout, determinism, storage, anatomy, labels, centres."""
+"""Tests for strokenet_tf.data.synthesis (and its command data.synthesize): layout, determinism, storage, labels."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from absl import app, flags
 from scipy import stats
 
-from strokenet_tf.data import isles, synthesize
+from strokenet_tf.data import isles, synthesis, synthesize
 
 NAME = re.compile(r"^SMIR\.Brain\.XX\.O\.(?P<mod>CT|CT_4DPWI|CT_CBF|CT_CBV|CT_MTT|CT_Tmax|OT)\.(?P<id>\d{6})$")
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _files(root: pathlib.Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("split", ["TRAINING", "TESTING"])
 def test_layout_is_exactly_isles(tmp_path, split):
-    case_dirs = synthesize.write_dataset(tmp_path, 2, seed=1, split=split, size=16, depths=(2,), start_index=9)
+    case_dirs = synthesis.write_dataset(tmp_path, 2, seed=1, split=split, size=16, depths=(2,), start_index=9)
     assert [p.relative_to(tmp_path).as_posix() for p in case_dirs] == [f"{split}/case_9", f"{split}/case_10"]
     expected = set(isles.ALL_MODALITIES) - ({isles.LABEL} if split == "TESTING" else set())
     for case_dir in case_dirs:
@@ -49,18 +49,18 @@ def test_layout_is_exactly_isles(tmp_path, split):
 
 def test_determinism_by_seed_split_and_index(tmp_path):
     kwargs = dict(size=16, depths=(2, 4), with_pwi=False)
-    synthesize.write_dataset(tmp_path / "a", 2, seed=7, **kwargs)
-    synthesize.write_dataset(tmp_path / "b", 2, seed=7, **kwargs)
-    synthesize.write_dataset(tmp_path / "c", 1, seed=7, start_index=2, **kwargs)
-    synthesize.write_dataset(tmp_path / "d", 1, seed=8, start_index=2, **kwargs)
+    synthesis.write_dataset(tmp_path / "a", 2, seed=7, **kwargs)
+    synthesis.write_dataset(tmp_path / "b", 2, seed=7, **kwargs)
+    synthesis.write_dataset(tmp_path / "c", 1, seed=7, start_index=2, **kwargs)
+    synthesis.write_dataset(tmp_path / "d", 1, seed=8, start_index=2, **kwargs)
     a = _files(tmp_path / "a")
     assert a == _files(tmp_path / "b")
     case_2 = {k: v for k, v in a.items() if k.startswith("TRAINING/case_2/")}
     assert case_2 == _files(tmp_path / "c")
     other_seed = {k for k in _files(tmp_path / "d") if k.endswith(".nii")}
     assert len(other_seed) == 6 and other_seed.isdisjoint(case_2)  # other seed: other ids
-    training = synthesize.synthesize_case(synthesize.case_rng(7, "TRAINING", 1), **kwargs)
-    testing = synthesize.synthesize_case(synthesize.case_rng(7, "TESTING", 1), **kwargs)
+    training = synthesis.synthesize_case(synthesis.case_rng(7, "TRAINING", 1), **kwargs)
+    testing = synthesis.synthesize_case(synthesis.case_rng(7, "TESTING", 1), **kwargs)
     assert training["ids"] != testing["ids"]
 
 
@@ -74,8 +74,8 @@ def test_determinism_by_seed_split_and_index(tmp_path):
     ],
 )
 def test_storage_dtypes_and_geometry(tmp_path, storage, dtypes):
-    (case_dir,) = synthesize.write_dataset(tmp_path, 1, seed=2, size=16, depths=(4,), storage=storage, compress=True)
-    expected = synthesize.synthesize_case(synthesize.case_rng(2, "TRAINING", 1), size=16, depths=(4,))
+    (case_dir,) = synthesis.write_dataset(tmp_path, 1, seed=2, size=16, depths=(4,), storage=storage, compress=True)
+    expected = synthesis.synthesize_case(synthesis.case_rng(2, "TRAINING", 1), size=16, depths=(4,))
     files = isles.find_modality_files(case_dir)
     assert all(p.name.endswith(".nii.gz") for p in files.values())
     for modality, dtype in dtypes.items():
@@ -91,7 +91,7 @@ def test_storage_dtypes_and_geometry(tmp_path, storage, dtypes):
 
 def test_maps_are_anatomically_plausible():
     for index in range(3):
-        case = synthesize.synthesize_case(synthesize.case_rng(0, "TRAINING", index), size=64, depths=(8,), with_pwi=False)
+        case = synthesis.synthesize_case(synthesis.case_rng(0, "TRAINING", index), size=64, depths=(8,), with_pwi=False)
         maps, tissue = case["maps"], case["tissue"]
         perfusion = sum(maps[m] for m in isles.PERFUSION_MAPS)
         np.testing.assert_array_equal(perfusion > 0, tissue)  # the ISLES brain mask: summed maps > 0
@@ -115,7 +115,7 @@ def test_maps_are_anatomically_plausible():
 
 
 def test_label_is_a_later_dwi_lesion_not_the_ct_core():
-    cases = [synthesize.synthesize_case(synthesize.case_rng(3, "TRAINING", k), size=48, depths=(8, 16), with_pwi=False)
+    cases = [synthesis.synthesize_case(synthesis.case_rng(3, "TRAINING", k), size=48, depths=(8, 16), with_pwi=False)
              for k in range(8)]
     dice_with_core = []
     for case in cases:
@@ -131,24 +131,24 @@ def test_label_is_a_later_dwi_lesion_not_the_ct_core():
 
 
 def test_centres_and_lesion_types_can_be_chosen_and_are_recorded(tmp_path):
-    case_dirs = synthesize.write_dataset(tmp_path, 3, seed=4, size=32, depths=(2,), with_pwi=False,
+    case_dirs = synthesis.write_dataset(tmp_path, 3, seed=4, size=32, depths=(2,), with_pwi=False,
                                          centres=("centre_2",), lesion_types=("lacune", "pca"), with_truth=True)
     for case_dir in case_dirs:
-        record = json.loads((case_dir / synthesize.MARKER_FILE).read_text())
+        record = json.loads((case_dir / synthesis.MARKER_FILE).read_text())
         assert record["centre"] == "centre_2" and record["lesion_type"] in ("lacune", "pca")
-        truth = sorted(p.name for p in (case_dir / synthesize.TRUTH_FOLDER).iterdir())
+        truth = sorted(p.name for p in (case_dir / synthesis.TRUTH_FOLDER).iterdir())
         assert truth == sorted(f"{k}.nii.gz" for k in ("cbf", "cbv", "mtt", "tmax", "delay", "core", "vessel"))
         isles.read_case(case_dir, require_label=True)  # the hidden truth folder is invisible to the reader
     with pytest.raises(ValueError, match="--centres: unknown centre 'centre_9'"):
-        synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), centres=("centre_9",))
+        synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), centres=("centre_9",))
     with pytest.raises(ValueError, match="--lesion_types: unknown type 'mcaa'"):
-        synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), lesion_types=("mcaa",))
+        synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), lesion_types=("mcaa",))
 
 
 def test_parallel_workers_write_the_same_cases(tmp_path):
     kwargs = dict(size=24, depths=(2,), with_pwi=False)
-    synthesize.write_dataset(tmp_path / "serial", 2, seed=5, **kwargs)
-    synthesize.write_dataset(tmp_path / "parallel", 2, seed=5, workers=2, **kwargs)
+    synthesis.write_dataset(tmp_path / "serial", 2, seed=5, **kwargs)
+    synthesis.write_dataset(tmp_path / "parallel", 2, seed=5, workers=2, **kwargs)
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
 
 
@@ -157,10 +157,10 @@ def test_refuses_to_replace_foreign_folders_and_replaces_its_own(tmp_path):
     foreign.mkdir(parents=True)
     (foreign / "keep.txt").write_text("real data")
     with pytest.raises(ValueError, match="refusing to replace"):
-        synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False)
+        synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False)
     assert (foreign / "keep.txt").read_text() == "real data"
-    (case_dir,) = synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False, start_index=2)
-    synthesize.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False, start_index=2, compress=True)
+    (case_dir,) = synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False, start_index=2)
+    synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), with_pwi=False, start_index=2, compress=True)
     assert sorted(p.name for p in case_dir.rglob("*.nii*")) == sorted(p.name for p in case_dir.rglob("*.nii.gz"))
     assert [p.name for p in (tmp_path / "TRAINING").iterdir() if p.name.startswith(".")] == []
     isles.read_case(case_dir, require_label=True)
@@ -171,7 +171,7 @@ def test_flags_become_a_config():
     synthesize.define_flags(flag_values)
     flag_values(["synthesize", "--output_dir=/tmp/x", "--depths=2,4", "--no_pwi", "--storage=isles", "--size=32"])
     config = synthesize.config_from_flags(flag_values)
-    assert config == synthesize.SynthesisConfig(
+    assert config == synthesis.SynthesisConfig(
         output_dir="/tmp/x", depths=(2, 4), with_pwi=False, storage="isles", size=32
     )
     flag_values.depths = ["2", "x"]

@@ -132,7 +132,7 @@ def _true_maps(case_dir) -> dict | None:
     import nibabel as nib
 
     from strokenet_tf.data import isles
-    from strokenet_tf.data.synthesize import TRUTH_FOLDER
+    from strokenet_tf.data.synthesis import TRUTH_FOLDER
 
     folder = os.path.join(str(case_dir), TRUTH_FOLDER)
     paths = {name: os.path.join(folder, f"{name}.nii.gz") for name in ("tmax", "core")}

@@ -33,13 +33,13 @@ TOOL = "strokenet_tf.benchmarks.generalisation"
 
 
 def _records(root: pathlib.Path) -> dict[pathlib.Path, dict]:
-    from strokenet_tf.data import isles, synthesize
+    from strokenet_tf.data import isles, synthesis
 
     records = {}
     for case_dir in isles.find_case_dirs(root, split="TRAINING"):
-        marker = case_dir / synthesize.MARKER_FILE
+        marker = case_dir / synthesis.MARKER_FILE
         if not marker.is_file():
-            raise ValueError(f"{case_dir}: no {synthesize.MARKER_FILE}; this check needs synthetic cases")
+            raise ValueError(f"{case_dir}: no {synthesis.MARKER_FILE}; this check needs synthetic cases")
         records[case_dir] = json.loads(marker.read_text())
     return records
 

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from strokenet_tf import inference
 from strokenet_tf.benchmarks import machine
-from strokenet_tf.data import isles, preprocess, synthesize
+from strokenet_tf.data import isles, preprocess, synthesis
 from strokenet_tf.model import flops, postprocess, strokenet
 from strokenet_tf.training import checkpointing
 
@@ -65,7 +65,7 @@ def load_segmenter(run_dir: str | None) -> tuple[inference.Segmenter, strokenet.
 
 def synthetic_slab(depth: int, size: int, channels: Sequence[str], seed: int = 0) -> np.ndarray:
     """A raw slab float32 [depth, size, size, channels] in physical units (`data.synthesize`, no 4D series)."""
-    case = synthesize.synthesize_case(np.random.default_rng(seed), size=size, depths=(depth,), with_pwi=False)
+    case = synthesis.synthesize_case(np.random.default_rng(seed), size=size, depths=(depth,), with_pwi=False)
     maps = [isles.nifti_to_network(np.asarray(case["maps"][name], np.float32)) for name in channels]
     return np.stack(maps, axis=-1)
 
@@ -89,14 +89,14 @@ def time_calls(function: Callable[[], object], warmup: int, repeats: int) -> dic
 def export_saved_model(segmenter: inference.Segmenter, directory: str) -> str:
     """Exports `segmenter.segment` as a SavedModel `serving_default` signature; returns how it was exported.
 
-    Uses the export module's archive (`serving.export_lib.build_export_archive`, what `strokenet_tf.export`
+    Uses the export module's archive (`serving.exporting.build_export_archive`, what `strokenet_tf.export`
     writes) when it exists, else a Keras `ExportArchive` of the same `serving_default` signature.
     """
     try:
-        from strokenet_tf.serving import export_lib  # the export module; may be absent in older checkouts
-        archive, via = export_lib.build_export_archive(segmenter), "serving.export_lib.build_export_archive"
+        from strokenet_tf.serving import exporting  # the export module; may be absent in older checkouts
+        archive, via = exporting.build_export_archive(segmenter), "serving.exporting.build_export_archive"
     except (ImportError, AttributeError):
-        archive, via = keras.export.ExportArchive(), "keras.export.ExportArchive (no serving.export_lib)"
+        archive, via = keras.export.ExportArchive(), "keras.export.ExportArchive (no serving.exporting)"
         archive.track(segmenter.model)
         archive.add_endpoint("serving_default", segmenter.segment,
                              input_signature=[tf.TensorSpec([None, None, None, None, len(segmenter.channels)],

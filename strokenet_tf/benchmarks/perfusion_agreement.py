@@ -28,7 +28,7 @@ from absl import flags
 
 from strokenet_tf import cli
 from strokenet_tf.data import isles, time_series
-from strokenet_tf.data.synthesize import TRUTH_FOLDER
+from strokenet_tf.data.synthesis import TRUTH_FOLDER
 from strokenet_tf.perfusion import deconvolution
 
 FLAGS = flags.FLAGS

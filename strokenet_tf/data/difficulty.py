@@ -85,10 +85,10 @@ def difficulty_report(data_dir: str, split: str = "TRAINING", num_folds: int = 5
 
 def _synthetic_record(source_files) -> dict:
     """The generator's record of a synthetic case (centre, lesion type), or {} for real data."""
-    from strokenet_tf.data import synthesize
+    from strokenet_tf.data import synthesis
 
     any_file = next(iter(source_files.values()))
-    marker = os.path.join(os.path.dirname(os.path.dirname(any_file)), synthesize.MARKER_FILE)
+    marker = os.path.join(os.path.dirname(os.path.dirname(any_file)), synthesis.MARKER_FILE)
     try:
         with open(marker, encoding="utf-8") as stream:
             return json.load(stream)

@@ -1,4 +1,4 @@
-"""TF-Serving deployment: SavedModel export (`export_lib`), its signatures, metadata and warmup, and the client.
+"""TF-Serving deployment: SavedModel export (`exporting`), its signatures, metadata and warmup, and the client.
 
 Entry points: `python -m strokenet_tf.export` (training run -> EXPORT_BASE/<model_name>/<version>/) and
 `python -m strokenet_tf.serving_client` (case folder -> request to TF-Serving -> mask in the case's geometry).

@@ -3,7 +3,7 @@
 TF-Serving replays these requests when it loads a version, before the version serves traffic, so CUDA,
 cuDNN (including convolution autotuning for each input shape) and the graph optimiser are initialised by
 the warmup rather than by the first patient. The file is a TFRecord of `PredictionLog` protos (at most 1000
-records), each holding a `PredictRequest` built by `client_lib.build_predict_request`: the same kind of
+records), each holding a `PredictRequest` built by `client.build_predict_request`: the same kind of
 request the client sends.
 
 The volumes are synthetic ISLES-like heads (`data.synthesize`), not zeros: an empty brain mask would skip
@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from strokenet_tf.data import isles, synthesize
-from strokenet_tf.serving import client_lib, signatures
+from strokenet_tf.data import isles, synthesis
+from strokenet_tf.serving import client, signatures
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000  # TF-Serving's limit
@@ -31,7 +31,7 @@ DEFAULT_SIZE = 256
 def synthetic_image(depth: int, size: int, channels: Sequence[str], seed: int = 0) -> np.ndarray:
     """A synthetic ISLES-like raw image float32 [depth, size, size, len(channels)] in physical units."""
     rng = np.random.default_rng(seed)
-    case = synthesize.synthesize_case(rng, size=size, depths=(depth,), with_pwi=isles.PWI in channels)
+    case = synthesis.synthesize_case(rng, size=size, depths=(depth,), with_pwi=isles.PWI in channels)
     maps = dict(case["maps"])
     if isles.PWI in maps:
         maps[isles.PWI] = maps[isles.PWI].max(axis=-1)  # the reader's default "max" summary
@@ -57,7 +57,7 @@ def write_warmup_file(version_dir: str, images: Sequence[np.ndarray], model_name
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for image in images:
-            request = client_lib.build_predict_request(image, model_name, signature)
+            request = client.build_predict_request(image, model_name, signature)
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path

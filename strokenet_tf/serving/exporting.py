@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from strokenet_tf import inference
-from strokenet_tf.serving import client_lib, metadata as metadata_lib, signatures, warmup
+from strokenet_tf.serving import client, metadata as metadata_lib, signatures, warmup
 
 DEFAULT_MODEL_NAME = "strokenet"
 SERVING_IMAGE = "tensorflow/serving:latest-gpu"
@@ -227,7 +227,7 @@ def verify_export(version_dir: str, segmenter: inference.Segmenter,
     if images:
         small = np.ascontiguousarray(images[0][:, ::4, ::4])
         expected = segmenter.segment(tf.constant(small[np.newaxis]))
-        serialized = tf.constant([client_lib.serialize_image(small)])
+        serialized = tf.constant([client.serialize_image(small)])
         actual = loaded.signatures[signatures.SERIALIZED](**{signatures.SERIALIZED_INPUT_KEY: serialized})
         difference = max(difference, _max_difference(expected, actual, f"{version_dir} serialized"))
         spacing = tf.constant([[5.0, 1.0, 1.0]], tf.float32)
