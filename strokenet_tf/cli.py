@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn, Sequence
+from typing import Mapping, NoReturn, Sequence
 
-from strokenet_tf import cli_flags
+from strokenet_tf import cli_flags, errors
 from strokenet_tf.cli_flags import (  # noqa: F401  (re-exported: the entry points' one import)
     MODEL_SOURCES,
     config_values,
@@ -43,9 +43,23 @@ HELP_ARGUMENTS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?", "-
 FULL_HELP_ARGUMENTS = ("--helpfull", "-helpfull")
 
 
-def fail(tool: str, message: str, code: int = 2) -> NoReturn:
-    """Prints `<tool>: error: <message>` (whitespace collapsed to one line) to stderr and exits with `code`."""
-    print(f"{tool}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+def error_line(error, flag_names: Mapping[str, str] | None = None) -> str:
+    """`error` as the user reads it: an `errors.InputError`'s fields spelled as flags ("--data_dir /x: ...").
+
+    `flag_names` maps a config field to the tool's flag where the two differ ({"model_dir": "model"}).
+    """
+    if isinstance(error, errors.InputError):
+        names = flag_names or {}
+        return error.render(lambda field: f"--{names.get(field, field)}")
+    return str(error)
+
+
+def fail(tool: str, message, code: int = 2, flag_names: Mapping[str, str] | None = None) -> NoReturn:
+    """Prints `<tool>: error: <message>` (whitespace collapsed to one line) to stderr and exits with `code`.
+
+    `message`: text, or a library error (its fields written as flags, see `error_line`).
+    """
+    print(f"{tool}: error: {' '.join(error_line(message, flag_names).split())}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 

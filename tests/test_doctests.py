@@ -17,6 +17,7 @@ MODULES_WITH_EXAMPLES = (
     "strokenet_tf.config",
     "strokenet_tf.curriculum",
     "strokenet_tf.data.folds",
+    "strokenet_tf.errors",
     "strokenet_tf.losses",
     "strokenet_tf.metrics",
     "strokenet_tf.model.blocks",
