@@ -45,7 +45,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
         document = calibration.calibrate_cross_validation(flag_values.model, flag_values.model_source,
                                                           flag_values.mirror, flag_values.method)
     except (ValueError, inference.ModelLoadError, evaluation.EvaluationError) as error:
-        cli.fail(TOOL, cli.first_line(error, type(error).__name__))
+        cli.fail(TOOL, cli.first_line(cli.error_line(error), type(error).__name__))
     except OSError as error:
         cli.fail(TOOL, cli.os_error_line(error, flag_values.model))
     print(f"calibration {document['calibration']['method']}; ECE ({document['num_bins']} bins, {document['n_voxels']} "

@@ -23,6 +23,7 @@ import json
 import typing
 from typing import Any, Mapping
 
+from strokenet_tf import errors
 from strokenet_tf.curriculum import Curriculum
 from strokenet_tf.data import isles
 from strokenet_tf.data.pipeline import PipelineConfig
@@ -49,8 +50,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", **flag) -> Any: 
     return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
-class ConfigError(ValueError):
-    """An invalid setting; the message is one line naming the flag."""
+class ConfigError(errors.InputError):
+    """An invalid setting; the message is one line naming the field (each tool spells it as its flag)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,33 +135,34 @@ class TrainConfig:
         """Checks value ranges; returns self.
 
         Raises:
-            ConfigError: one line naming the flag.
+            ConfigError: one line naming the field.
         """
         checks = [
-            (self.num_folds >= 2, f"--num_folds must be >= 2, got {self.num_folds}"),
-            (0 <= self.fold < self.num_folds, f"--fold must be in [0, {self.num_folds - 1}], got {self.fold}"),
-            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
-            (0.0 < self.learning_rate <= 1.0, f"--learning_rate must be in (0, 1], got {self.learning_rate}"),
-            (self.optimizer in OPTIMIZERS,
-             f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (self.weight_decay >= 0.0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
-            (self.cpu_devices >= 0, f"--cpu_devices must be >= 0, got {self.cpu_devices}"),
-            (self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}"),
-            (self.validate_every_epochs >= 1,
-             f"--validate_every_epochs must be >= 1, got {self.validate_every_epochs}"),
-            (self.checkpoint_every_steps >= 0,
-             f"--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}"),
-            (self.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
-            (self.log_every_steps >= 1, f"--log_every_steps must be >= 1, got {self.log_every_steps}"),
-            (len(self.channels) == self.model.in_channels,
-             f"--channels gives {len(self.channels)} channel(s) but the model takes {self.model.in_channels}"),
+            (self.num_folds >= 2, "num_folds", f"must be >= 2, got {self.num_folds}"),
+            (0 <= self.fold < self.num_folds, "fold", f"must be in [0, {self.num_folds - 1}], got {self.fold}"),
+            (self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}"),
+            (0.0 < self.learning_rate <= 1.0, "learning_rate", f"must be in (0, 1], got {self.learning_rate}"),
+            (self.optimizer in OPTIMIZERS, "optimizer",
+             f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}"),
+            (self.strategy in STRATEGIES, "strategy",
+             f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
+            (self.cpu_devices >= 0, "cpu_devices", f"must be >= 0, got {self.cpu_devices}"),
+            (self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}"),
+            (self.validate_every_epochs >= 1, "validate_every_epochs",
+             f"must be >= 1, got {self.validate_every_epochs}"),
+            (self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
+             f"must be >= 0, got {self.checkpoint_every_steps}"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}"),
+            (self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}"),
+            (len(self.channels) == self.model.in_channels, "channels",
+             f"gives {len(self.channels)} channel(s) but the model takes {self.model.in_channels}"),
         ]
         unknown = [name for name in self.channels if name not in isles.ALL_MODALITIES or name == isles.LABEL]
-        checks.append((not unknown, f"--channels: unknown modality {', '.join(unknown)}"))
-        for ok, message in checks:
+        checks.append((not unknown, "channels", f": unknown modality {', '.join(unknown)}"))
+        for ok, field, message in checks:
             if not ok:
-                raise ConfigError(message)
+                raise ConfigError(field, message)
         return self
 
     def to_dict(self) -> dict[str, Any]:

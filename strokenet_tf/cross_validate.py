@@ -33,6 +33,7 @@ from strokenet_tf.cross_validation import CV_SUMMARY_CSV, CV_SUMMARY_JSON, EVAL_
 
 FLAGS = flags.FLAGS
 TOOL = "strokenet_tf.cross_validate"
+FLAG_NAMES = {"eval_model_source": "model_source"}  # CrossValidationConfig field -> its flag, where they differ
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -67,8 +68,8 @@ def _warn(message: str) -> None:
     cli.warn(TOOL, message)
 
 
-def _fail(message: str) -> None:
-    cli.fail(TOOL, message)
+def _fail(message) -> None:
+    cli.fail(TOOL, message, flag_names=FLAG_NAMES)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS):
@@ -76,14 +77,14 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     try:
         config = config_from_flags(flag_values)
     except (config_lib.ConfigError, curriculum_lib.CurriculumError) as error:
-        _fail(str(error))
+        _fail(error)
     from strokenet_tf import evaluation, inference
 
     absl_logging.get_absl_handler().addFilter(train.package_info_filter)
     try:
         summary = cross_validation.run(config, warn=_warn)
     except train.user_errors() + (evaluation.EvaluationError, inference.ModelLoadError) as error:
-        _fail(str(error))
+        _fail(error)
     except OSError as error:
         _fail(cli.os_error_line(error, config.train.model_dir))
     print(f"Cross-validation, {len(config.folds)} of {config.train.num_folds} folds, {summary['n_cases']} cases "

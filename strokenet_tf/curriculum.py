@@ -30,12 +30,14 @@ import dataclasses
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from strokenet_tf import errors
+
 FULL_SLAB = "full"
 _KEYS = ("name", "epochs", "augment", "gamma", "gamma_end", "alpha", "dice", "lr", "patch")
 
 
-class CurriculumError(ValueError):
-    """A stage string or schedule that cannot be used; the message is one line naming the --stage flag."""
+class CurriculumError(errors.InputError):
+    """A stage string or schedule that cannot be used; the message is one line naming the field (`stage`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,22 +92,22 @@ class CurriculumStage:
         )
 
 
-def _flag_error(text: str, message: str) -> CurriculumError:
-    return CurriculumError(f"--stage={text!r}: {message}")
+def _stage_error(text: str, message: str) -> CurriculumError:
+    return CurriculumError("stage", f"={text!r}: {message}")
 
 
 def _parse_number(text: str, key: str, value: str, kind: type) -> Any:
     try:
         number = kind(value)
     except ValueError:
-        raise _flag_error(text, f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        raise _stage_error(text, f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
     if isinstance(number, float) and not math.isfinite(number):
-        raise _flag_error(text, f"{key} must be finite, got {value!r}")
+        raise _stage_error(text, f"{key} must be finite, got {value!r}")
     return number
 
 
-def parse_patch_size(value: str, flag: str = "--patch_size") -> tuple[int, int, int] | None:
-    """Parses `DxHxW` (e.g. 8x128x128) or `full` (whole slab -> None); one-line error naming `flag`."""
+def parse_patch_size(value: str, field: str = "patch_size") -> tuple[int, int, int] | None:
+    """Parses `DxHxW` (e.g. 8x128x128) or `full` (whole slab -> None); one-line error naming `field`."""
     if value.strip().lower() == FULL_SLAB:
         return None
     parts = value.lower().replace(",", "x").split("x")
@@ -114,7 +116,7 @@ def parse_patch_size(value: str, flag: str = "--patch_size") -> tuple[int, int, 
     except ValueError:
         sizes = ()
     if len(sizes) != 3 or min(sizes) < 1:
-        raise CurriculumError(f"{flag}: expected DEPTHxHEIGHTxWIDTH of positive integers or 'full', got {value!r}")
+        raise CurriculumError(field, f": expected DEPTHxHEIGHTxWIDTH of positive integers or 'full', got {value!r}")
     return sizes  # type: ignore[return-value]
 
 
@@ -131,7 +133,7 @@ def parse_stage(
         default_patch_size: patch of a stage without `patch=` (None = whole slab).
 
     Raises:
-        CurriculumError: one line quoting the flag value, for unknown/duplicate/missing keys or bad values.
+        CurriculumError: one line quoting `text`, for unknown/duplicate/missing keys or bad values.
     """
     fields: dict[str, str] = {}
     for item in text.split(","):
@@ -140,22 +142,22 @@ def parse_stage(
         key, separator, value = item.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not separator or not value:
-            raise _flag_error(text, f"expected key=value, got {item.strip()!r}")
+            raise _stage_error(text, f"expected key=value, got {item.strip()!r}")
         if key not in _KEYS:
-            raise _flag_error(text, f"unknown key {key!r}; known keys: {', '.join(_KEYS)}")
+            raise _stage_error(text, f"unknown key {key!r}; known keys: {', '.join(_KEYS)}")
         if key in fields:
-            raise _flag_error(text, f"key {key!r} given twice")
+            raise _stage_error(text, f"key {key!r} given twice")
         fields[key] = value
     for key in ("name", "epochs"):
         if key not in fields:
-            raise _flag_error(text, f"missing required key {key!r}")
+            raise _stage_error(text, f"missing required key {key!r}")
     gamma = _parse_number(text, "gamma", fields.get("gamma", "2.0"), float)
     try:
         patch_size = (
-            parse_patch_size(fields["patch"], flag="patch") if "patch" in fields else default_patch_size
+            parse_patch_size(fields["patch"], field="patch") if "patch" in fields else default_patch_size
         )
     except CurriculumError as error:
-        raise _flag_error(text, str(error)) from None
+        raise _stage_error(text, str(error)) from None
     stage = CurriculumStage(
         name=fields["name"],
         epochs=_parse_number(text, "epochs", fields["epochs"], int),
@@ -175,20 +177,20 @@ def parse_stage(
 
 def _check_stage(stage: CurriculumStage, text: str) -> None:
     if not stage.name or any(character in stage.name for character in ",= "):
-        raise _flag_error(text, f"name must be non-empty without ',', '=' or spaces, got {stage.name!r}")
+        raise _stage_error(text, f"name must be non-empty without ',', '=' or spaces, got {stage.name!r}")
     if stage.epochs < 1:
-        raise _flag_error(text, f"epochs must be >= 1, got {stage.epochs}")
+        raise _stage_error(text, f"epochs must be >= 1, got {stage.epochs}")
     if stage.augment < 0:
-        raise _flag_error(text, f"augment must be >= 0, got {stage.augment}")
+        raise _stage_error(text, f"augment must be >= 0, got {stage.augment}")
     for key, value in (("gamma", stage.gamma), ("gamma_end", stage.gamma_end)):
         if not 0.0 <= value <= 10.0:
-            raise _flag_error(text, f"{key} must be in [0, 10], got {value:g}")
+            raise _stage_error(text, f"{key} must be in [0, 10], got {value:g}")
     if not 0.0 < stage.alpha < 1.0:
-        raise _flag_error(text, f"alpha must be in (0, 1), got {stage.alpha:g}")
+        raise _stage_error(text, f"alpha must be in (0, 1), got {stage.alpha:g}")
     if stage.dice_weight < 0.0:
-        raise _flag_error(text, f"dice must be >= 0, got {stage.dice_weight:g}")
+        raise _stage_error(text, f"dice must be >= 0, got {stage.dice_weight:g}")
     if not 0.0 < stage.learning_rate <= 1.0:
-        raise _flag_error(text, f"lr must be in (0, 1], got {stage.learning_rate:g}")
+        raise _stage_error(text, f"lr must be in (0, 1], got {stage.learning_rate:g}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,11 +201,11 @@ class Curriculum:
 
     def __post_init__(self):
         if not self.stages:
-            raise CurriculumError("--stage: the curriculum needs at least one stage (or give --epochs)")
+            raise CurriculumError("stage", f": the curriculum needs at least one stage (or give {errors.ref('epochs')})")
         names = [stage.name for stage in self.stages]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise CurriculumError(f"--stage: stage names must be unique, repeated: {', '.join(repeated)}")
+            raise CurriculumError("stage", f": stage names must be unique, repeated: {', '.join(repeated)}")
         for stage in self.stages:
             _check_stage(stage, stage.to_string())
 
@@ -243,18 +245,18 @@ class Curriculum:
         """Checks the stages against the pipeline's augmentation stages and the model's size multiples.
 
         Raises:
-            CurriculumError: one line naming the stage's flag value.
+            CurriculumError: one line quoting the stage's string.
         """
         for stage in self.stages:
             text = stage.to_string()
             if num_augmentation_stages is not None and stage.augment >= num_augmentation_stages:
-                raise _flag_error(
+                raise _stage_error(
                     text, f"augment must be in [0, {num_augmentation_stages - 1}], got {stage.augment}"
                 )
             if multiples is not None and stage.patch_size is not None:
                 if any(size % multiple for size, multiple in zip(stage.patch_size, multiples)):
                     shown = "x".join(str(size) for size in stage.patch_size)
-                    raise _flag_error(
+                    raise _stage_error(
                         text,
                         f"patch {shown} must be a multiple of the model's "
                         f"{'x'.join(str(m) for m in multiples)} (depth x height x width)",
@@ -299,7 +301,7 @@ class Curriculum:
     ) -> "Curriculum":
         """A one-stage curriculum, for runs given `--epochs` instead of `--stage`."""
         if epochs < 1:
-            raise CurriculumError(f"--epochs must be >= 1, got {epochs}")
+            raise CurriculumError("epochs", f"must be >= 1, got {epochs}")
         stage = CurriculumStage(
             name="main",
             epochs=epochs,

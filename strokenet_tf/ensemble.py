@@ -109,26 +109,40 @@ def default_calibration(paths: Sequence[str]) -> calibration.Calibration:
     return calibration.Calibration()
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """True where oneDNN runs bfloat16 natively: AVX512_BF16 or AMX-BF16 in /proc/cpuinfo's flags."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (or of the given text); empty where it cannot be read."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8") as stream:
                 cpuinfo = stream.read()
         except OSError:
-            return False
+            return set()
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return flags
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True where oneDNN runs bfloat16 natively: AVX512_BF16 or AMX-BF16 in /proc/cpuinfo's flags."""
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """True where oneDNN has AMX tiles for bfloat16 (Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
 
 
 def resolve_precision(precision: str, is_ensemble: bool) -> str:
-    """The dtype policy of the members: "auto" is mixed_float16 on a GPU, bfloat16 on a CPU with native bf16,
-    float32 elsewhere, and float32 for a single run (today's single model, bit for bit)."""
+    """The dtype policy of the members: "auto" is mixed_float16 on a GPU, bfloat16 on a CPU with AMX, float32
+    elsewhere, and float32 for a single run (today's single model, bit for bit).
+
+    AVX512_BF16 without AMX (AMD Zen 4) is not enough: there, 5 members with mirroring ran no faster in bfloat16
+    than in float32 end to end (README, Ensembles), so "auto" keeps float32; `precision="bfloat16"` still asks for it.
+    """
     if precision not in PRECISIONS:
-        raise inference.ModelLoadError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise inference.ModelLoadError("precision", f": expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if not is_ensemble:
@@ -137,7 +151,7 @@ def resolve_precision(precision: str, is_ensemble: bool) -> str:
 
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    return "bfloat16" if cpu_has_bf16() else "float32"
+    return "bfloat16" if cpu_has_amx() else "float32"
 
 
 def with_policy(trained: inference.TrainedModel, policy: str):
@@ -185,7 +199,7 @@ def load_ensemble(paths: Sequence[str], source: str = "best", threshold: float =
         try:
             fitted = calibration.Calibration(temperature=float(temperature))
         except ValueError as error:
-            raise inference.ModelLoadError(f"--temperature: {error}") from None
+            raise inference.ModelLoadError("temperature", f": {error}") from None
     else:
         fitted = default_calibration(paths)
     first = members[0]

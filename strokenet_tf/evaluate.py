@@ -152,7 +152,7 @@ def run(config: EvaluateConfig, segmenter=None) -> tuple[dict, list]:
     return {**info, "metrics": summary}, failures
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message, code: int = 2) -> None:
     cli.fail(TOOL, message, code)
 
 
@@ -161,13 +161,13 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     try:
         config = config_from_flags(flag_values)
     except UsageError as error:
-        _fail(str(error))
+        _fail(error)
     from strokenet_tf import evaluation, inference  # TensorFlow loads from here on
 
     try:
         document, failures = run(config)
     except (UsageError, evaluation.EvaluationError, inference.ModelLoadError) as error:
-        _fail(str(error))
+        _fail(error)
     except OSError as error:
         _fail(cli.os_error_line(error, config.output_dir))
     fold = document["fold"]

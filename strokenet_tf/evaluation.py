@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from strokenet_tf import metrics
+from strokenet_tf import errors, metrics
 from strokenet_tf.data import atomic, folds, isles
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ TABLE_METRICS = ("dice", "precision", "recall", "hd95_mm", "hd_max_mm", "avd_ml"
 CSV_COLUMNS = ("case_id",) + metrics.CASE_METRIC_KEYS + ("predict_s",)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.InputError):
     """An evaluation that cannot start (no cases, outputs that exist, unknown fold settings); one line."""
 
 
@@ -76,9 +76,9 @@ def select_case_dirs(data_dir: str, split: str | None, fold: FoldSpec | None = N
     try:
         case_dirs = isles.find_case_dirs(data_dir, split=split)
     except (isles.IslesFormatError, ValueError) as error:
-        raise EvaluationError(f"--data_dir {data_dir}: {error}") from None
+        raise EvaluationError("data_dir", f"{data_dir}: {error}") from None
     if not case_dirs:
-        raise EvaluationError(f"--data_dir {data_dir}: no ISLES case folders{f' in split {split}' if split else ''}")
+        raise EvaluationError("data_dir", f"{data_dir}: no ISLES case folders{f' in split {split}' if split else ''}")
     if fold is None:
         return case_dirs
     patient_map = None
@@ -88,7 +88,7 @@ def select_case_dirs(data_dir: str, split: str | None, fold: FoldSpec | None = N
         _, val_ids = folds.split_folds([d.name for d in case_dirs], fold.num_folds, fold.fold, fold.seed,
                                        patient_map)
     except folds.FoldError as error:
-        raise EvaluationError(f"--fold: {error} ({len(case_dirs)} cases in {data_dir})") from None
+        raise EvaluationError("fold", f": {error} ({len(case_dirs)} cases in {data_dir})") from None
     keep = set(val_ids)
     return [d for d in case_dirs if d.name in keep]
 
@@ -105,7 +105,8 @@ def fold_spec_from_run(run_config: Mapping[str, Any], fold: int, overrides: Mapp
         if value is None:
             value = run_config.get(name)
         if value is None and name != "patient_map":
-            raise EvaluationError(f"--fold needs --{name}: the model has no training run config to read it from")
+            raise EvaluationError("fold", f"needs {errors.ref(name)}: the model has no training run config to read it "
+                                  "from")
         values[name] = value
     return FoldSpec(fold=fold, **values)
 
@@ -190,17 +191,17 @@ def output_paths(output_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
 
 
 def check_outputs(output_dir: str | os.PathLike, overwrite: bool) -> None:
-    """Refuses, before any work, an --output_dir that is a file and existing outputs unless `overwrite`.
+    """Refuses, before any work, an `output_dir` that is a file and existing outputs unless `overwrite`.
 
     Raises:
         EvaluationError: one line naming the path.
     """
     folder = pathlib.Path(output_dir)
     if folder.exists() and not folder.is_dir():
-        raise EvaluationError(f"--output_dir {folder} exists and is not a folder")
+        raise EvaluationError("output_dir", f"{folder} exists and is not a folder")
     for path in output_paths(output_dir).values():
         if path.exists() and not overwrite:
-            raise EvaluationError(f"output {path} already exists; pass --overwrite to replace it")
+            raise EvaluationError(f"output {path} already exists; pass {errors.ref('overwrite')} to replace it")
 
 
 def write_outputs(output_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],

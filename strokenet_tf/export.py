@@ -29,6 +29,7 @@ FLAGS = flags.FLAGS
 
 TOOL = "strokenet_tf.export"
 OLD_NAMES = {"model_dir": "model", "source": "model_source"}
+FLAG_NAMES = {"model_dir": "model", "source": "model_source"}  # ExportConfig field -> its flag, where they differ
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -87,8 +88,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> exporting.Export
     ).validate()
 
 
-def _fail(message: str) -> None:
-    cli.fail(TOOL, message)
+def _fail(message) -> None:
+    cli.fail(TOOL, message, flag_names=FLAG_NAMES)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
@@ -100,7 +101,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
         config = config_from_flags(flag_values)
         result = exporting.export_run(config)
     except (exporting.ExportError, inference.ModelLoadError) as error:
-        _fail(str(error))
+        _fail(error)
     except OSError as error:
         _fail(cli.os_error_line(error, flag_values.export_base))
     finally:

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import cli
+from strokenet_tf import cli, errors
 from strokenet_tf.data import isles, preprocess
 from strokenet_tf.model import postprocess, strokenet
 from strokenet_tf.training import checkpointing
@@ -59,7 +59,7 @@ REPORT_SIGNATURE = "report"
 MODEL_SOURCES = ("best", "latest")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(errors.InputError):
     """A model that cannot be loaded; the message is one line naming the path."""
 
 
@@ -410,7 +410,8 @@ def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_T
     """
     if os.path.isdir(path) and is_saved_model_dir(path):
         if mirror is not None:
-            raise ModelLoadError(f"{path}: an exported SavedModel fixes its mirroring in its metadata; drop --mirror")
+            raise ModelLoadError(f"{path}: an exported SavedModel fixes its mirroring in its metadata; "
+                                 f"drop {errors.ref('mirror')}")
         return SavedModelSegmenter(path)
     from strokenet_tf import ensemble
 

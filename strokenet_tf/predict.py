@@ -177,7 +177,7 @@ def run(config: PredictConfig, segmenter=None):
                                     on_progress=lambda done, case_id: progress.update(done), warn=_warn)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message, code: int = 2) -> None:
     cli.fail(TOOL, message, code)
 
 
@@ -186,13 +186,13 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     try:
         config = config_from_flags(flag_values)
     except UsageError as error:
-        _fail(str(error))
+        _fail(error)
     from strokenet_tf import inference, prediction  # TensorFlow loads from here on
 
     try:
         reports, failures = run(config)
     except (UsageError, prediction.PredictError, inference.ModelLoadError) as error:
-        _fail(str(error))
+        _fail(error)
     except OSError as error:  # e.g. an --output_dir that cannot be created
         _fail(cli.os_error_line(error, config.output_dir))
     for report in reports:

@@ -44,7 +44,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import __version__, ensemble, metrics, montage, perfusion_input, perfusion_report
+from strokenet_tf import __version__, ensemble, errors, metrics, montage, perfusion_input, perfusion_report
 from strokenet_tf.inference import MASK_KEY as MASK, PROBABILITIES_KEY as PROBABILITIES, UNCERTAINTY_KEY as UNCERTAINTY
 from strokenet_tf.inference import CaseFailure
 from strokenet_tf.data import atomic, isles
@@ -62,7 +62,7 @@ SIGNIFICANT_DIGITS = 6  # other floats: float32 precision, without float64 noise
 COMPONENT_CONNECTIVITY = 26  # as metrics.lesion_detection
 
 
-class PredictError(ValueError):
+class PredictError(errors.InputError):
     """A run that cannot start (no inputs, outputs that exist, ...); the message is one line."""
 
 
@@ -117,7 +117,7 @@ def load_model(model: str, source: str = "best", threshold: float | None = None,
 
     if threshold is not None and inference.is_saved_model_dir(model):
         raise inference.ModelLoadError(f"{model}: an exported SavedModel fixes its threshold in its metadata; "
-                                       "drop --threshold")
+                                       f"drop {errors.ref('threshold')}")
     if inference.is_saved_model_dir(model):
         return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD, mirror)
     return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD if threshold is None else threshold,
@@ -132,16 +132,15 @@ def find_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
     """
     root = pathlib.Path(input_path)
     if root.is_file():
-        raise PredictError(f"--input {root} is a file; give a case folder, or one case's maps as --ct --cbf --cbv "
-                           "--mtt --tmax")
+        raise PredictError("input", f"{root} is a file; give a case folder, or one case's maps as per-modality files")
     if not root.is_dir():
-        raise PredictError(f"--input {root}: no such folder (give a case folder or a folder of case folders)")
+        raise PredictError("input", f"{root}: no such folder (give a case folder or a folder of case folders)")
     try:
         case_dirs = isles.find_case_dirs(root)
     except isles.IslesFormatError as error:
-        raise PredictError(f"--input {root}: {error}") from None
+        raise PredictError("input", f"{root}: {error}") from None
     if not case_dirs:
-        raise PredictError(f"--input {root}: no ISLES case folder in it (expected case_N/ folders holding "
+        raise PredictError("input", f"{root}: no ISLES case folder in it (expected case_N/ folders holding "
                            "SMIR.Brain.XX.O.<MODALITY>.<ID> files)")
     inputs = []
     for case_dir in case_dirs:
@@ -153,7 +152,7 @@ def find_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
 def explicit_input(files: Mapping[str, str], case_id: str | None = None) -> CaseInput:
     """A case from explicit per-modality files; its id defaults to the folder that holds them all."""
     if not files:
-        raise PredictError("no input: give --input or the per-modality files (--ct --cbf --cbv --mtt --tmax)")
+        raise PredictError(f"no input: give {errors.ref('input')} or the per-modality files")
     if case_id is None:
         parents = [os.path.dirname(os.path.abspath(path)) for path in files.values()]
         common = os.path.commonpath(parents)
@@ -186,24 +185,24 @@ def check_outputs(inputs: Sequence[CaseInput], options: OutputOptions) -> None:
     """
     output_dir = pathlib.Path(options.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise PredictError(f"--output_dir {output_dir} exists and is not a folder")
+        raise PredictError("output_dir", f"{output_dir} exists and is not a folder")
     input_files = {pathlib.Path(p).resolve() for c in inputs if c.files for p in c.files.values()}
     case_dirs = [c.case_dir.resolve() for c in inputs if c.case_dir is not None]
     seen: dict[pathlib.Path, str] = {}
     existing = []
     for case_input in inputs:
         if case_input.case_dir is not None and _inside(output_dir, case_input.case_dir):
-            raise PredictError(f"--output_dir {output_dir} is inside input case folder {case_input.case_dir}; "
+            raise PredictError("output_dir", f"{output_dir} is inside input case folder {case_input.case_dir}; "
                                "choose a folder outside the inputs")
         for path in output_paths(case_input, options).values():
             resolved = path.resolve()
             if resolved in input_files:
                 raise PredictError(f"output {path} would overwrite an input file")
-            # --output_dir equal to the folder holding the cases (or a case's parent) puts each case's outputs
+            # An output_dir equal to the folder holding the cases (or a case's parent) puts each case's outputs
             # into its own input folder.
             holder = next((d for d in case_dirs if d in resolved.parents), None)
             if holder is not None:
-                raise PredictError(f"--output_dir {output_dir} would write {path} inside input case folder "
+                raise PredictError("output_dir", f"{output_dir} would write {path} inside input case folder "
                                    f"{holder}; choose a folder outside the inputs")
             if resolved in seen:
                 raise PredictError(f"cases {seen[resolved]} and {case_input.case_id} would both write {path}")
@@ -212,7 +211,7 @@ def check_outputs(inputs: Sequence[CaseInput], options: OutputOptions) -> None:
                 existing.append(path)
     if existing and not options.overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise PredictError(f"output {existing[0]} already exists{more}; pass --overwrite to replace it")
+        raise PredictError(f"output {existing[0]} already exists{more}; pass {errors.ref('overwrite')} to replace it")
 
 
 def read_input(case_input: CaseInput, channels: Sequence[str],
@@ -388,7 +387,7 @@ def predict_cases(segmenter, inputs: Sequence[CaseInput], options: OutputOptions
     check_outputs(inputs, options)
     batch_csv = pathlib.Path(options.output_dir) / BATCH_CSV
     if len(inputs) > 1 and batch_csv.exists() and not options.overwrite:
-        raise PredictError(f"output {batch_csv} already exists; pass --overwrite to replace it")
+        raise PredictError(f"output {batch_csv} already exists; pass {errors.ref('overwrite')} to replace it")
     pathlib.Path(options.output_dir).mkdir(parents=True, exist_ok=True)
     reports, failures, rows = [], [], []
     for done, case_input in enumerate(inputs, start=1):

@@ -24,6 +24,7 @@ from strokenet_tf.data import isles
 FLAGS = flags.FLAGS
 TOOL = "strokenet_tf.serving_client"
 OLD_NAMES = {"model": "model_name"}
+FLAG_NAMES = {"max_message_bytes": "max_message_mb"}  # serving.client setting -> its flag, where they differ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +140,8 @@ def run(config: ClientConfig) -> dict:
             "output": config.output}
 
 
-def _fail(message: str) -> None:
-    cli.fail(TOOL, message)
+def _fail(message) -> None:
+    cli.fail(TOOL, message, flag_names=FLAG_NAMES)
 
 
 def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
@@ -150,7 +151,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     try:
         summary = run(config_from_flags(flag_values))
     except (ClientError, isles.IslesFormatError, client.ServingError, ValueError) as error:
-        _fail(str(error))
+        _fail(error)
     except OSError as error:
         _fail(cli.os_error_line(error, flag_values.output))
     print(f"{summary['case_id']}: {summary['lesion_voxels']} lesion voxels of {summary['shape']} -> "

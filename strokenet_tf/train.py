@@ -105,7 +105,7 @@ def config_from_flags(flag_values) -> config_lib.TrainConfig:
     """
     if flag_values.model_dir and os.path.exists(flag_values.model_dir) and not os.path.isdir(flag_values.model_dir):
         raise config_lib.ConfigError(f"--model_dir={flag_values.model_dir}: exists and is not a folder")
-    patch_size = curriculum_lib.parse_patch_size(flag_values.patch_size, "--patch_size")
+    patch_size = curriculum_lib.parse_patch_size(flag_values.patch_size)
     if flag_values.stage:
         if flag_values["epochs"].present:
             raise config_lib.ConfigError("give either --stage (a curriculum) or --epochs (one stage), not both")
@@ -150,7 +150,7 @@ def package_info_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or f"{os.sep}strokenet_tf{os.sep}" in record.pathname
 
 
-def _fail(message: str) -> None:
+def _fail(message) -> None:
     cli.fail(TOOL, message)
 
 
@@ -159,7 +159,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
     try:
         config = config_from_flags(flag_values)
     except (config_lib.ConfigError, curriculum_lib.CurriculumError) as error:
-        _fail(str(error))
+        _fail(error)
     # TensorFlow is initialised from here on: devices and the multi-worker runtime come first.
     from strokenet_tf.training import distribute, loop
 
@@ -170,7 +170,7 @@ def main(argv, flag_values: flags.FlagValues = FLAGS):
         strategy = distribute.make_strategy(config.strategy)
         result = loop.train(config, strategy=strategy)
     except user_errors() as error:
-        _fail(str(error))
+        _fail(error)
     except OSError as error:  # an unwritable --model_dir, a full disk, ...
         _fail(cli.os_error_line(error, config.model_dir))
     if distribute.is_chief(strategy):

@@ -63,19 +63,20 @@ def test_from_dict_rejects_unknown_fields():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"fold": 5}, r"--fold must be in \[0, 4\]"),
-        ({"num_folds": 1, "fold": 0}, "--num_folds must be >= 2"),
-        ({"batch_size": 0}, "--batch_size must be >= 1"),
-        ({"optimizer": "sgd"}, "--optimizer must be one of adam, adamw"),
-        ({"strategy": "tpu"}, "--strategy must be one of"),
-        ({"channels": ("CT", "CT_CBF")}, "--channels gives 2 channel"),
-        ({"channels": ("CT", "CT_CBF", "CT_CBV", "CT_MTT", "OT")}, "--channels: unknown modality OT"),
-        ({"validate_every_epochs": 0}, "--validate_every_epochs must be >= 1"),
+        ({"fold": 5}, r"^fold must be in \[0, 4\]"),
+        ({"num_folds": 1, "fold": 0}, "^num_folds must be >= 2"),
+        ({"batch_size": 0}, "^batch_size must be >= 1"),
+        ({"optimizer": "sgd"}, "^optimizer must be one of adam, adamw"),
+        ({"strategy": "tpu"}, "^strategy must be one of"),
+        ({"channels": ("CT", "CT_CBF")}, "^channels gives 2 channel"),
+        ({"channels": ("CT", "CT_CBF", "CT_CBV", "CT_MTT", "OT")}, "^channels: unknown modality OT"),
+        ({"validate_every_epochs": 0}, "^validate_every_epochs must be >= 1"),
     ],
 )
-def test_validate_errors_name_the_flag(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+def test_validate_errors_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
         _config(**overrides).validate()
+    assert info.value.field == message.split()[0].strip("^:")
 
 
 def test_model_dir_check_ignores_runtime_fields_only(tmp_path):

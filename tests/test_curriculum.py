@@ -2,7 +2,7 @@
 
 import pytest
 
-from strokenet_tf import curriculum as cl
+from strokenet_tf import cli, curriculum as cl
 
 STAGES = [
     "name=warmup,epochs=2,augment=0,gamma=0.0,alpha=0.5,dice=0,lr=1e-3,patch=8x128x128",
@@ -53,7 +53,7 @@ def test_string_and_dict_round_trips():
 def test_single_stage():
     curriculum = cl.Curriculum.single_stage(3, 1e-3, (4, 32, 32), gamma=1.0)
     assert curriculum.total_epochs == 3 and curriculum.stages[0].gamma == 1.0
-    with pytest.raises(cl.CurriculumError, match="--epochs must be >= 1"):
+    with pytest.raises(cl.CurriculumError, match="^epochs must be >= 1"):
         cl.Curriculum.single_stage(0, 1e-3, None)
 
 
@@ -76,10 +76,11 @@ def test_single_stage():
         ("name=a,epochs=1,augment=-1", "augment must be >= 0"),
     ],
 )
-def test_parse_errors_are_one_line_and_name_the_flag(text, message):
+def test_parse_errors_are_one_line_and_name_the_field(text, message):
     with pytest.raises(cl.CurriculumError, match=message) as info:
         cl.parse_stage(text, 1e-3, None)
-    assert str(info.value).startswith("--stage=") and "\n" not in str(info.value)
+    assert str(info.value).startswith("stage=") and "\n" not in str(info.value)
+    assert info.value.field == "stage" and cli.error_line(info.value).startswith("--stage=")
 
 
 def test_validate_against_augmentation_and_multiples():

@@ -143,14 +143,16 @@ def test_cpu_bf16_detection_reads_the_flags():
     assert ensemble.cpu_has_bf16("flags\t\t: fpu avx512f avx512_bf16 sse\n")
     assert ensemble.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
     assert not ensemble.cpu_has_bf16("flags : fpu avx512f avx2\n")
+    assert ensemble.cpu_has_amx("flags : fpu amx_bf16 amx_tile avx512_bf16\n")
+    assert not ensemble.cpu_has_amx("flags\t\t: fpu avx512f avx512_bf16 sse\n")
 
 
 def test_precision_auto_keeps_a_single_run_in_float32(cv_dir):
     assert ensemble.resolve_precision("auto", is_ensemble=False) == "float32"
     expected = ("mixed_float16" if tf.config.list_physical_devices("GPU")
-                else "bfloat16" if ensemble.cpu_has_bf16() else "float32")
+                else "bfloat16" if ensemble.cpu_has_amx() else "float32")
     assert ensemble.resolve_precision("auto", is_ensemble=True) == expected
-    with pytest.raises(inference.ModelLoadError, match="--precision: expected one of"):
+    with pytest.raises(inference.ModelLoadError, match="^precision: expected one of"):
         ensemble.resolve_precision("int8", is_ensemble=True)
 
 

@@ -48,7 +48,7 @@ def test_fold_selection_recreates_the_training_split(tiny_run):
     assert [d.name for d in selected] == result.val_ids and len(result.val_ids) == 2
     other = evaluation.select_case_dirs(config.data_dir, "TRAINING", evaluation.FoldSpec(0, 3, 5))
     assert not {d.name for d in other} & set(result.val_ids)
-    with pytest.raises(evaluation.EvaluationError, match="--fold needs --num_folds"):
+    with pytest.raises(evaluation.EvaluationError, match="^fold needs num_folds"):
         evaluation.fold_spec_from_run({}, 0, {})
 
 

@@ -204,7 +204,7 @@ def test_output_inside_an_input_case_folder_is_refused(tmp_path):
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing was written
     prediction.check_outputs(inputs, prediction.OutputOptions(str(tmp_path / "elsewhere")))  # a sibling is fine
     files = {m: str(next(case_dir.glob(f"*.O.{m}.*/*.nii"))) for m in MODALITIES}
-    with pytest.raises(prediction.PredictError, match="is a file; give a case folder, or one case's maps as --ct"):
+    with pytest.raises(prediction.PredictError, match="^input .* is a file; give a case folder, or one case's maps"):
         prediction.find_inputs(files[isles.CT])
     explicit = prediction.explicit_input(files)
     assert explicit.case_id == "case_1"

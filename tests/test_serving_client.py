@@ -160,7 +160,7 @@ def test_request_failures_are_one_line_serving_errors(double, case_dir):
         (client.ServingClient(double.grpc_address, MODEL, version=9), r"NOT_FOUND"),
         (client.ServingClient(double.rest_address, "other", protocol="rest"), r"HTTP 404: Servable not found"),
         (client.ServingClient(double.grpc_address, MODEL, max_message_bytes=4096),
-         r"RESOURCE_EXHAUSTED.*raise --max_message_mb"),
+         r"RESOURCE_EXHAUSTED.*raise max_message_bytes"),
         (client.ServingClient("127.0.0.1:1", MODEL, timeout_s=10), r"127.0.0.1:1: gRPC UNAVAILABLE"),
         (client.ServingClient("127.0.0.1:1", MODEL, protocol="rest", timeout_s=10), r"cannot reach TF-Serving"),
     ]

@@ -139,9 +139,9 @@ def test_centres_and_lesion_types_can_be_chosen_and_are_recorded(tmp_path):
         truth = sorted(p.name for p in (case_dir / synthesis.TRUTH_FOLDER).iterdir())
         assert truth == sorted(f"{k}.nii.gz" for k in ("cbf", "cbv", "mtt", "tmax", "delay", "core", "vessel"))
         isles.read_case(case_dir, require_label=True)  # the hidden truth folder is invisible to the reader
-    with pytest.raises(ValueError, match="--centres: unknown centre 'centre_9'"):
+    with pytest.raises(ValueError, match="^centres: unknown centre 'centre_9'"):
         synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), centres=("centre_9",))
-    with pytest.raises(ValueError, match="--lesion_types: unknown type 'mcaa'"):
+    with pytest.raises(ValueError, match="^lesion_types: unknown type 'mcaa'"):
         synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), lesion_types=("mcaa",))
 
 

@@ -97,7 +97,7 @@ def test_finished_run_restarts_as_no_op_and_other_settings_are_refused(finished_
     config, result = finished_run
     again = loop.train(config)
     assert again.global_step == result.global_step and again.resumed_from.endswith("ckpt-9")
-    with pytest.raises(checkpointing.ModelDirError, match=r"different settings \(fold: 0 -> 1\).*new --model_dir"):
+    with pytest.raises(checkpointing.ModelDirError, match=r"^model_dir=.* different settings \(fold: 0 -> 1\).*new model_dir"):
         loop.train(dataclasses.replace(config, fold=1))
     # Runtime-only settings may change on resume.
     checkpointing.check_or_write_config(

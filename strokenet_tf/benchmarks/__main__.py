@@ -209,7 +209,7 @@ def main(argv: Sequence[str]) -> None:
             print(f"wrote {FLAGS.output}")
     except (BenchmarkError, inference.ModelLoadError, isles.IslesFormatError, config_lib.ConfigError,
             curriculum.CurriculumError, folds.FoldError, loop.TrainingError) as error:
-        cli.fail(TOOL, str(error))
+        cli.fail(TOOL, error)
     except OSError as error:
         cli.fail(TOOL, cli.os_error_line(error))
 

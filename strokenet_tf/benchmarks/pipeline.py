@@ -178,9 +178,9 @@ def format_results(results: dict) -> str:
 def _triple(text: str, flag: str) -> tuple[int, int, int] | None:
     """DxHxW (or D,H,W) as train's --patch_size reads it; None for 'full'."""
     try:
-        return curriculum.parse_patch_size(text, f"--{flag}")
+        return curriculum.parse_patch_size(text, flag)
     except curriculum.CurriculumError as error:
-        cli.fail(TOOL, str(error))
+        cli.fail(TOOL, error)
 
 
 def main(argv: Sequence[str]) -> None:

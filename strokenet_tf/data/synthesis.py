@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
+from strokenet_tf import errors
 from strokenet_tf.data import isles, pathology, scanner, simulate
 
 DEFAULT_DEPTHS: tuple[int, ...] = simulate.DEFAULT_DEPTHS
@@ -103,7 +104,7 @@ def write_case(
         modality name -> written file.
     """
     if storage not in STORAGES:
-        raise ValueError(f"--storage must be one of {', '.join(STORAGES)}; got {storage!r}")
+        raise errors.InputError("storage", f"must be one of {', '.join(STORAGES)}; got {storage!r}")
     case_dir = pathlib.Path(case_dir)
     extension = ".nii.gz" if compress else ".nii"
     written = {}
@@ -184,17 +185,19 @@ def write_dataset(
     """
     split = split.upper()
     if split not in SPLIT_CODES:
-        raise ValueError(f"--split must be TRAINING or TESTING; got {split!r}")
+        raise errors.InputError("split", f"must be TRAINING or TESTING; got {split!r}")
     if storage not in STORAGES:
-        raise ValueError(f"--storage must be one of {', '.join(STORAGES)}; got {storage!r}")
+        raise errors.InputError("storage", f"must be one of {', '.join(STORAGES)}; got {storage!r}")
     if size < 16 or not depths or min(depths) < 1:
-        raise ValueError(f"--size must be >= 16 and --depths positive; got size={size}, depths={tuple(depths)}")
+        raise errors.InputError("size", f"must be >= 16 and {errors.ref('depths')} positive; got size={size}, "
+                                f"depths={tuple(depths)}")
     unknown = [c for c in (centres or ()) if c not in scanner.CENTRE_NAMES]
     if unknown:
-        raise ValueError(f"--centres: unknown centre {unknown[0]!r}; known: {', '.join(scanner.CENTRE_NAMES)}")
+        raise errors.InputError("centres", f": unknown centre {unknown[0]!r}; known: {', '.join(scanner.CENTRE_NAMES)}")
     unknown = [t for t in (lesion_types or ()) if t not in pathology.LESION_TYPE_NAMES]
     if unknown:
-        raise ValueError(f"--lesion_types: unknown type {unknown[0]!r}; known: {', '.join(pathology.LESION_TYPE_NAMES)}")
+        raise errors.InputError("lesion_types", f": unknown type {unknown[0]!r}; known: "
+                                f"{', '.join(pathology.LESION_TYPE_NAMES)}")
     split_dir = pathlib.Path(output_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
     indices = range(start_index, start_index + num_cases)

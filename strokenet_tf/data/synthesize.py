@@ -20,6 +20,7 @@ from strokenet_tf.data import pathology, scanner, synthesis
 from strokenet_tf.data.synthesis import DEFAULT_DEPTHS, STORAGES, SynthesisConfig
 
 TOOL = "strokenet_tf.data.synthesize"
+FLAG_NAMES = {"with_pwi": "pwi", "with_truth": "write_truth"}  # SynthesisConfig field -> its flag, where they differ
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -70,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
         config = config_from_flags(flags.FLAGS)
         case_dirs = synthesis.run(config)
     except (app.UsageError, ValueError) as error:  # bad flag values, a folder this generator did not write
-        cli.fail(TOOL, str(error))
+        cli.fail(TOOL, error, flag_names=FLAG_NAMES)
     except OSError as error:  # --output_dir is a file, or cannot be created
         cli.fail(TOOL, cli.os_error_line(error, flags.FLAGS.output_dir))
     print(f"wrote {len(case_dirs)} {config.split} cases to {pathlib.Path(config.output_dir) / config.split}")

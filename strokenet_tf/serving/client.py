@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import cli, inference
+from strokenet_tf import cli, errors, inference
 from strokenet_tf.serving import signatures
 
 try:
@@ -44,8 +44,9 @@ DEFAULT_MAX_MESSAGE_MB = 512
 DEFAULT_TIMEOUT_S = 300.0
 
 
-class ServingError(RuntimeError):
-    """A request that failed; the message is one line naming the server and what went wrong."""
+class ServingError(errors.InputError, RuntimeError):
+    """A request that failed; the message is one line naming the server and what went wrong (and, in a hint,
+    the client setting to change)."""
 
 
 def default_signature(protocol: str) -> str:
@@ -224,7 +225,8 @@ class ServingClient:
             details = cli.first_line(error.details() if hasattr(error, "details") else error)
             hint = ""
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                hint = f" (message over the {self.max_message_bytes >> 20} MB gRPC limit: raise --max_message_mb)"
+                hint = (f" (message over the {self.max_message_bytes >> 20} MB gRPC limit: raise "
+                        f"{errors.ref('max_message_bytes')})")
             elif code == grpc.StatusCode.UNAVAILABLE:
                 hint = " (is TF-Serving running and is this its gRPC port?)"
             raise ServingError(f"{self.server}: gRPC {name}: {details}{hint}") from None

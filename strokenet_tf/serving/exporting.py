@@ -9,7 +9,7 @@ crop and threshold, with dynamic depth/height/width and float32 in and out even 
 A version folder appears only when it is complete: everything is built in a hidden sibling
 `.tmp-export-<id>-<pid>@<host>-<version>` (TF-Serving only loads children whose names parse as integers, see
 `is_version_name`), verified by reloading it and replaying its warmup requests, flushed to disk and then
-renamed into place (an --overwrite swaps it with the old version in one atomic step where Linux's
+renamed into place (with `overwrite` it swaps it with the old version in one atomic step where Linux's
 renameat2 RENAME_EXCHANGE is available). A killed export leaves at most hidden folders, never a half-written
 version, and the next export into the same model folder removes those whose process (named in the folder
 name) no longer runs on this host (`remove_abandoned_scratch`).
@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import inference
+from strokenet_tf import errors, inference
 from strokenet_tf.serving import client, metadata as metadata_lib, signatures, warmup
 
 DEFAULT_MODEL_NAME = "strokenet"
@@ -56,8 +56,8 @@ _MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _VERSION_NAME_PATTERN = re.compile(r"\s*[+-]?\d+\s*")
 
 
-class ExportError(ValueError):
-    """An export that cannot be done; the message is one line naming the flag or path."""
+class ExportError(errors.InputError):
+    """An export that cannot be done; the message is one line naming the `ExportConfig` field or path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,21 +97,21 @@ class ExportConfig:
 
     def validate(self) -> "ExportConfig":
         if self.temperature is not None and not 0.0 < self.temperature < float("inf"):
-            raise ExportError(f"--temperature: expected a positive number, got {self.temperature}")
+            raise ExportError("temperature", f": expected a positive number, got {self.temperature}")
         if not _MODEL_NAME_PATTERN.fullmatch(self.model_name or ""):
-            raise ExportError(f"--model_name: expected letters, digits, '_', '.', '-' (not starting with '.' or "
+            raise ExportError("model_name", f": expected letters, digits, '_', '.', '-' (not starting with '.' or "
                               f"'-'), got {self.model_name!r}")
         if self.version is not None and self.version < 1:
-            raise ExportError(f"--version: expected a positive integer, got {self.version}")
+            raise ExportError("version", f": expected a positive integer, got {self.version}")
         if self.source not in inference.MODEL_SOURCES:
-            raise ExportError(f"--source: expected one of {', '.join(inference.MODEL_SOURCES)}, got {self.source!r}")
+            raise ExportError("source", f": expected one of {', '.join(inference.MODEL_SOURCES)}, got {self.source!r}")
         if not 0.0 < self.threshold < 1.0:
-            raise ExportError(f"--threshold: expected a value in (0, 1), got {self.threshold}")
+            raise ExportError("threshold", f": expected a value in (0, 1), got {self.threshold}")
         if any(depth < 1 for depth in self.warmup_depths) or len(self.warmup_depths) > warmup.MAX_RECORDS:
-            raise ExportError(f"--warmup_depths: expected at most {warmup.MAX_RECORDS} positive slice counts, "
+            raise ExportError("warmup_depths", f": expected at most {warmup.MAX_RECORDS} positive slice counts, "
                               f"got {','.join(str(d) for d in self.warmup_depths)}")
         if self.warmup_size < 8:
-            raise ExportError(f"--warmup_size: expected at least 8 voxels, got {self.warmup_size}")
+            raise ExportError("warmup_size", f": expected at least 8 voxels, got {self.warmup_size}")
         return self
 
 
@@ -341,11 +341,11 @@ def _refuse_existing(model_base: str, version: int, overwrite: bool) -> None:
     aliases = [name for name in names if is_version_name(name) and int(name) == version and name != str(version)]
     if aliases:
         raise ExportError(f"{model_base}: version {version} already exists as folder {aliases[0]!r}; remove it "
-                          f"or choose another --version")
+                          f"or choose another {errors.ref('version')}")
     target = os.path.join(model_base, str(version))
     if os.path.lexists(target) and not overwrite:
-        raise ExportError(f"{target} exists: version {version} is already exported; pass --overwrite to replace "
-                          f"it, or omit --version to take the next free one")
+        raise ExportError(f"{target} exists: version {version} is already exported; pass {errors.ref('overwrite')} "
+                          f"to replace it, or omit {errors.ref('version')} to take the next free one")
 
 
 def export_segmenter(

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 from absl import logging
 
-from strokenet_tf import cli
+from strokenet_tf import cli, errors
 from strokenet_tf.data import atomic
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -34,8 +34,8 @@ BEST_MODEL_FILE = "best.keras"
 BEST_METRICS_FILE = "best.json"
 
 
-class ModelDirError(ValueError):
-    """A model_dir that cannot be used for this run; the message is one line naming --model_dir."""
+class ModelDirError(errors.InputError):
+    """A model_dir that cannot be used for this run; the message is one line naming the field `model_dir`."""
 
 
 @dataclasses.dataclass
@@ -169,8 +169,8 @@ def newest_intact_checkpoint(model_dir: str, warn=logging.warning) -> str | None
     if damaged:
         names = ", ".join(os.path.basename(path) for path, _ in damaged)
         raise ModelDirError(
-            f"--model_dir={model_dir}: no intact checkpoint to resume from ({names} cannot be read: "
-            f"{damaged[0][1]}); to start fresh, delete {model_dir} or use a new --model_dir"
+            "model_dir", f"={model_dir}: no intact checkpoint to resume from ({names} cannot be read: "
+            f"{damaged[0][1]}); to start fresh, delete {model_dir} or use a new {errors.ref('model_dir')}"
         )
     return None
 
@@ -224,7 +224,7 @@ def restore_newest_intact(checkpoint: tf.train.Checkpoint, model_dir: str, warn=
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ModelDirError(f"--model_dir: cannot restore {path}: "
+        raise ModelDirError("model_dir", f": cannot restore {path}: "
                             f"{cli.first_line(error, type(error).__name__)}") from None
     return path
 
@@ -301,7 +301,7 @@ def check_or_write_config(
         True when model_dir already held this run (a resume), False for a new run.
 
     Raises:
-        ModelDirError: one line naming --model_dir and the first differing settings.
+        ModelDirError: one line naming model_dir and the first differing settings.
     """
     path = os.path.join(model_dir, CONFIG_FILE)
     if os.path.exists(path):
@@ -310,7 +310,7 @@ def check_or_write_config(
                 saved = json.load(stream)
         except (OSError, ValueError) as error:
             raise ModelDirError(
-                f"--model_dir={model_dir}: cannot read {path} ({error}); use a new --model_dir"
+                "model_dir", f"={model_dir}: cannot read {path} ({error}); use a new {errors.ref('model_dir')}"
             ) from None
         comparable_saved = _without(saved, ignored_keys)
         comparable_now = _without(json.loads(json.dumps(config_dict)), ignored_keys)
@@ -318,13 +318,13 @@ def check_or_write_config(
         if changes:
             shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
             raise ModelDirError(
-                f"--model_dir={model_dir} holds a run with different settings ({shown}); "
-                "resume it with its original flags or use a new --model_dir"
+                "model_dir", f"={model_dir} holds a run with different settings ({shown}); "
+                f"resume it with its original settings or use a new {errors.ref('model_dir')}"
             )
         return True
     if latest_checkpoint(model_dir) is not None:
         raise ModelDirError(
-            f"--model_dir={model_dir} holds checkpoints but no {CONFIG_FILE}; use a new --model_dir"
+            "model_dir", f"={model_dir} holds checkpoints but no {CONFIG_FILE}; use a new {errors.ref('model_dir')}"
         )
     if write:
         os.makedirs(model_dir, exist_ok=True)

@@ -15,11 +15,13 @@ import os
 
 import tensorflow as tf
 
+from strokenet_tf import errors
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
-class StrategyError(ValueError):
-    """A strategy that cannot be made here; the message is one line naming the flag."""
+class StrategyError(errors.InputError):
+    """A strategy that cannot be made here; the message is one line naming the field (strategy, cpu_devices)."""
 
 
 def split_cpu(num_devices: int) -> None:
@@ -36,7 +38,7 @@ def split_cpu(num_devices: int) -> None:
     except RuntimeError:
         if len(tf.config.list_logical_devices("CPU")) != num_devices:
             raise StrategyError(
-                f"--cpu_devices={num_devices}: TensorFlow is already initialised; set it before anything runs"
+                "cpu_devices", f"={num_devices}: TensorFlow is already initialised; set it before anything runs"
             ) from None
 
 
@@ -44,7 +46,7 @@ def _check_tf_config() -> None:
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise StrategyError(
-            "--strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
+            "strategy", "=multi_worker needs the TF_CONFIG environment variable, e.g. "
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
     try:
@@ -54,10 +56,10 @@ def _check_tf_config() -> None:
         task_type, index = task["type"], int(task["index"])
     except (ValueError, KeyError, TypeError) as error:
         raise StrategyError(
-            f"--strategy=multi_worker: TF_CONFIG is not valid ({type(error).__name__}: {error})"
+            "strategy", f"=multi_worker: TF_CONFIG is not valid ({type(error).__name__}: {error})"
         ) from None
     if task_type not in workers or not 0 <= index < len(workers[task_type]):
-        raise StrategyError(f"--strategy=multi_worker: TF_CONFIG task {task_type}:{index} is not in its cluster")
+        raise StrategyError("strategy", f"=multi_worker: TF_CONFIG task {task_type}:{index} is not in its cluster")
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -80,7 +82,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
         )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    raise StrategyError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    raise StrategyError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {name!r}")
 
 
 def task_of(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:

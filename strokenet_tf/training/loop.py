@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from strokenet_tf import losses
+from strokenet_tf import errors, losses
 from strokenet_tf.config import RUNTIME_FIELDS, TrainConfig
 from strokenet_tf.curriculum import CurriculumStage
 from strokenet_tf.data import augment, folds, isles, pipeline, preprocess
@@ -47,8 +47,8 @@ from strokenet_tf.training import (best_export, checkpointing, distribute, hpara
                                    summaries, validation)
 
 
-class TrainingError(ValueError):
-    """A run that cannot start (no data, bad fold, ...); the message is one line naming the flag or file."""
+class TrainingError(errors.InputError):
+    """A run that cannot start (no data, bad fold, ...); the message is one line naming the field or file."""
 
 
 @dataclasses.dataclass
@@ -83,23 +83,24 @@ def load_fold(config: TrainConfig) -> tuple[list, list]:
         TrainingError / isles.IslesFormatError / folds.FoldError: one line.
     """
     if not os.path.exists(config.data_dir):
-        raise TrainingError(f"--data_dir={config.data_dir}: no such folder")
+        raise TrainingError("data_dir", f"={config.data_dir}: no such folder")
     cases = isles.load_cases(config.data_dir, channels=config.channels, split=config.split, require_label=True)
     if not cases:
-        raise TrainingError(f"--data_dir={config.data_dir}: no labelled {config.split} cases found")
+        raise TrainingError("data_dir", f"={config.data_dir}: no labelled {config.split} cases found")
     patient_map = None
     if config.patient_map:
         try:
             patient_map = folds.read_patient_map(config.patient_map)
         except folds.FoldError as error:
-            raise TrainingError(f"--patient_map: {error}") from None
+            raise TrainingError("patient_map", f": {error}") from None
     try:
         train_ids, val_ids = folds.split_folds(
             [case.case_id for case in cases], config.num_folds, config.fold, config.seed, patient_map
         )
     except folds.FoldError as error:
-        flag = "--patient_map" if "patient map" in str(error) else "--num_folds/--fold"
-        raise TrainingError(f"{flag}: {error} ({len(cases)} cases in {config.data_dir})") from None
+        fields = ("patient_map",) if "patient map" in str(error) else ("num_folds", "fold")
+        raise TrainingError(f"{'/'.join(map(errors.ref, fields))}: {error} ({len(cases)} cases in {config.data_dir})"
+                            ) from None
     prepared = {case.case_id: preprocess.prepare_case(case, config.channels) for case in cases}
     return [prepared[i] for i in train_ids], [prepared[i] for i in val_ids]
 

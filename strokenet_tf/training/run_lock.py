@@ -20,12 +20,14 @@ import os
 import socket
 from typing import Iterator
 
+from strokenet_tf import errors
+
 LOCK_FILE = "run.lock"
 # realpath of a held lock file -> [open file, hold count]
 _HELD: dict[str, list] = {}
 
 
-class RunLockError(ValueError):
+class RunLockError(errors.InputError):
     """The run folder is in use by another process; the message is one line naming the holder."""
 
 
@@ -38,7 +40,7 @@ def _holder_line(path: str) -> str:
     return text or "a process that has not written its name yet"
 
 
-def acquire(model_dir: str, flag: str = "--model_dir") -> None:
+def acquire(model_dir: str, field: str = "model_dir") -> None:
     """Locks model_dir (creating it) for this process, or adds one hold when this process has it already.
 
     Raises:
@@ -55,8 +57,8 @@ def acquire(model_dir: str, flag: str = "--model_dir") -> None:
     except BlockingIOError:
         stream.close()
         raise RunLockError(
-            f"{flag}={model_dir} is in use by another run ({_holder_line(path)}; lock {path}); wait for it to "
-            f"finish or use another {flag}"
+            field, f"={model_dir} is in use by another run ({_holder_line(path)}; lock {path}); wait for it to "
+            f"finish or use another {errors.ref(field)}"
         ) from None
     except BaseException:
         stream.close()
@@ -83,12 +85,12 @@ def release(model_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def hold(model_dir: str, flag: str = "--model_dir", enabled: bool = True) -> Iterator[None]:
+def hold(model_dir: str, field: str = "model_dir", enabled: bool = True) -> Iterator[None]:
     """`acquire` ... `release` around a block; `enabled=False` (a non-chief worker) takes no lock."""
     if not enabled:
         yield
         return
-    acquire(model_dir, flag)
+    acquire(model_dir, field)
     try:
         yield
     finally:
