@@ -19,7 +19,7 @@ from conftest import write_tiny_training_set
 from tensorboard.backend.event_processing import plugin_event_accumulator as event_accumulator
 
 import fork_runner
-from strokenet_tf import inference
+from strokenet_tf import cli, inference
 from strokenet_tf.model import strokenet
 from strokenet_tf.training import checkpointing, history, loop
 from test_train import make_config
@@ -198,7 +198,8 @@ def test_no_intact_checkpoint_is_one_line_saying_how_to_start_fresh(reference, t
     message = str(error.value)
     assert "\n" not in message
     assert "no intact checkpoint to resume from (ckpt-9, ckpt-8, ckpt-6 cannot be read" in message
-    assert message.endswith(f"to start fresh, delete {config.model_dir} or use a new --model_dir")
+    assert message.endswith(f"to start fresh, delete {config.model_dir} or use a new model_dir")
+    assert cli.error_line(error.value).endswith("or use a new --model_dir")
 
 
 def test_damaged_or_stale_best_files_are_rewritten_from_the_checkpoint(reference, tmp_path, caplog):
