@@ -75,10 +75,15 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+QUIET_ENV = "STROKENET_TF_QUIET_STARTUP"
+"""Set by `quiet_tensorflow`; a process that finds it set (a tool's spawned worker) is quiet too."""
+
+
 def quiet_tensorflow() -> None:
     """Sets TF_CPP_MIN_LOG_LEVEL=1 unless set, and filters the start-up notices of a later `import tensorflow`
     (a no-op once TensorFlow is imported). The entry points call it before anything imports TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ[QUIET_ENV] = "1"  # worker processes a tool spawns (synthesize --workers) inherit it
     if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietTensorFlowFinder())
@@ -87,6 +92,8 @@ def quiet_tensorflow() -> None:
 def started_as_entry_point(orig_argv=None) -> bool:
     """Whether this process is `python -m strokenet_tf...` (read from sys.orig_argv, which is right even while
     the package itself is being imported, before the module runs)."""
+    if orig_argv is None and os.environ.get(QUIET_ENV) == "1":
+        return True  # a worker spawned by an entry point (multiprocessing "spawn" runs `python -c ...`)
     argv = list(getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv)[1:]
     while argv:
         argument = argv.pop(0)

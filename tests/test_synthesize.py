@@ -145,11 +145,18 @@ def test_centres_and_lesion_types_can_be_chosen_and_are_recorded(tmp_path):
         synthesis.write_dataset(tmp_path, 1, size=16, depths=(2,), lesion_types=("mcaa",))
 
 
-def test_parallel_workers_write_the_same_cases(tmp_path):
+def test_parallel_workers_write_the_same_cases(tmp_path, monkeypatch, capfd):
+    """Same bytes serial or parallel; the spawned workers of a tool (which marks itself with
+    cli_startup.QUIET_ENV) print no TensorFlow start-up notices either."""
+    from strokenet_tf import cli_startup
+
     kwargs = dict(size=24, depths=(2,), with_pwi=False)
     synthesis.write_dataset(tmp_path / "serial", 2, seed=5, **kwargs)
+    monkeypatch.setenv(cli_startup.QUIET_ENV, "1")
+    capfd.readouterr()
     synthesis.write_dataset(tmp_path / "parallel", 2, seed=5, workers=2, **kwargs)
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
+    assert not [line for line in capfd.readouterr().err.splitlines() if cli_startup.is_startup_notice(line)]
 
 
 def test_refuses_to_replace_foreign_folders_and_replaces_its_own(tmp_path):
