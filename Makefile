@@ -28,13 +28,13 @@ demo: install
 	$(PY) -m strokenet_tf.data.synthesize --output_dir $(DEMO_DATA) --num_cases 2 --seed 1 --split TESTING --workers 2
 	$(PY) -m strokenet_tf.data.difficulty --data_dir $(DEMO_DATA) --output $(DEMO_DATA)/difficulty.json
 	$(PY) -m strokenet_tf.train --flagfile=experiments/demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/fold0
-	$(PY) -m strokenet_tf.benchmarks --quick --model $(DEMO_RUN)/fold0
 	$(PY) -m strokenet_tf.baselines --model=$(DEMO_RUN)/fold0
 	$(PY) -m strokenet_tf.evaluate --model=$(DEMO_RUN)/fold0 --fold=0 --output_dir=$(DEMO_RUN)/fold0/eval_fold0 --overwrite --noprogress
 	$(PY) -m strokenet_tf.predict --model=$(DEMO_RUN)/fold0 --input=$(DEMO_DATA)/TESTING/case_1 --output_dir=$(DEMO_RUN)/predictions --overwrite --noprogress
 	# Ensemble path: two short folds, calibrated on their out-of-fold probabilities, exported as one SavedModel
-	# (the TF-Serving export of the demo), predicted with it. The input-pipeline check and the single-run export
-	# are left to the README (benchmarks.pipeline, export --model=demo_runs/fold0) to keep the demo short.
+	# (the TF-Serving export of the demo), predicted with it. The input-pipeline check, the inference benchmark and
+	# the single-run export are left to the README (benchmarks.pipeline, benchmarks --quick, export
+	# --model=demo_runs/fold0) to keep the demo short.
 	$(PY) -m strokenet_tf.cross_validate --flagfile=experiments/ensemble_demo.flags --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)/cv --folds=0,1 --noverbose
 	$(PY) -m strokenet_tf.export --model=$(DEMO_RUN)/cv --export_base=$(DEMO_RUN)/export --model_name=strokenet_ensemble --version=1 --overwrite --warmup_depths=2
 	$(PY) -m strokenet_tf.predict --model=$(DEMO_RUN)/export/strokenet_ensemble/1 --input=$(DEMO_DATA)/TESTING --output_dir=$(DEMO_RUN)/predictions_ensemble --overwrite --noprogress
