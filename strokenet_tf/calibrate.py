@@ -39,11 +39,11 @@ def main(argv, flag_values: flags.FlagValues = FLAGS) -> None:
     cli.reject_arguments(TOOL, argv)
     if not os.path.isdir(flag_values.model):
         cli.fail(TOOL, f"--model {flag_values.model}: no such folder")
-    from strokenet_tf import calibration, evaluation, inference
+    from strokenet_tf import calibration, cross_validation, evaluation, inference
 
     try:
-        document = calibration.calibrate_cross_validation(flag_values.model, flag_values.model_source,
-                                                          flag_values.mirror, flag_values.method)
+        document = cross_validation.calibrate_cross_validation(flag_values.model, flag_values.model_source,
+                                                               flag_values.mirror, flag_values.method)
     except (ValueError, inference.ModelLoadError, evaluation.EvaluationError) as error:
         cli.fail(TOOL, cli.first_line(cli.error_line(error), type(error).__name__))
     except OSError as error:

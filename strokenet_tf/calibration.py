@@ -382,31 +382,3 @@ def cli_line(error: Exception) -> str:
 
 def out_of_fold_path(fold_dir: str) -> str:
     return os.path.join(fold_dir, "evaluation", OUT_OF_FOLD_FILE)
-
-
-def ensure_out_of_fold(fold_dir: str, source: str = "best", mirror: bool = True) -> str:
-    """fold_K/evaluation/out_of_fold.npz of a cross-validation fold, computed (with the fold's own model, mirrored
-    as the ensemble will be, on the cases it held out) when missing."""
-    from strokenet_tf import evaluation, inference
-
-    path = out_of_fold_path(fold_dir)
-    if os.path.isfile(path):
-        return path
-    segmenter = inference.Segmenter.from_run(fold_dir, source, mirror=mirror)
-    run = segmenter.trained.run_config
-    spec = evaluation.FoldSpec(run["fold"], run["num_folds"], run["seed"], run.get("patient_map"))
-    case_dirs = evaluation.select_case_dirs(run["data_dir"], run.get("split"), spec)
-    return write_out_of_fold(os.path.dirname(path), segmenter, case_dirs)
-
-
-def calibrate_cross_validation(cv_dir: str, source: str = "best", mirror: bool = True,
-                               method: str | None = None) -> dict[str, Any]:
-    """Out-of-fold probabilities of every fold of a `cross_validate` folder (kept, or computed when missing) ->
-    `cv_dir/calibration.json` + `reliability.png` (see `calibrate`)."""
-    from strokenet_tf import ensemble
-
-    folds = [fold for fold in ensemble.fold_dirs(cv_dir) if os.path.isfile(os.path.join(fold, ensemble.EVAL_SUMMARY))]
-    if not folds:
-        raise ValueError(f"{cv_dir}: no finished cross-validation fold (fold_K/{ensemble.EVAL_SUMMARY})")
-    paths = [ensure_out_of_fold(fold, source, mirror) for fold in folds]
-    return calibrate(paths, cv_dir, method)

@@ -20,7 +20,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from strokenet_tf import calibration, inference
+from strokenet_tf import calibration, errors, inference
 from strokenet_tf.data import preprocess
 from strokenet_tf.training import checkpointing
 
@@ -250,3 +250,19 @@ def uncertainty_summary(outputs: dict[str, Any], spacing_mm: Sequence[float]) ->
         "mean_entropy_bits_in_core": float(entropy[mask].mean()) if mask.any() else None,
         "uncertain_volume_ml": float(np.count_nonzero(entropy > 0.5)) * float(np.prod(spacing_mm)) / 1000.0,
     }
+
+
+def load_segmenter(path: str, source: str = "best", threshold: float = inference.DEFAULT_THRESHOLD,
+                   mirror: bool | None = None, precision: str = "float32"):
+    """A `Segmenter` for a training run / `.keras` file, an ensemble (a cross-validation folder, or run folders
+    separated by commas; see `load_ensemble`), or an `inference.SavedModelSegmenter` for an export version folder.
+
+    Raises:
+        inference.ModelLoadError: one line naming the path.
+    """
+    if os.path.isdir(path) and inference.is_saved_model_dir(path):
+        if mirror is not None:
+            raise inference.ModelLoadError(f"{path}: an exported SavedModel fixes its mirroring in its metadata; "
+                                           f"drop {errors.ref('mirror')}")
+        return inference.SavedModelSegmenter(path)
+    return load_ensemble([p for p in path.split(",") if p], source, threshold, mirror=mirror, precision=precision)

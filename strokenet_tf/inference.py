@@ -398,22 +398,3 @@ class SavedModelSegmenter(_CasePredictor):
 def is_saved_model_dir(path: str) -> bool:
     """True for a folder holding a SavedModel (an export version folder)."""
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
-
-
-def load_segmenter(path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD,
-                   mirror: bool | None = None, precision: str = "float32"):
-    """A `Segmenter` for a training run / `.keras` file, an ensemble (a cross-validation folder, or run folders
-    separated by commas; see `ensemble.load_ensemble`), or a `SavedModelSegmenter` for an export version folder.
-
-    Raises:
-        ModelLoadError: one line naming the path.
-    """
-    if os.path.isdir(path) and is_saved_model_dir(path):
-        if mirror is not None:
-            raise ModelLoadError(f"{path}: an exported SavedModel fixes its mirroring in its metadata; "
-                                 f"drop {errors.ref('mirror')}")
-        return SavedModelSegmenter(path)
-    from strokenet_tf import ensemble
-
-    return ensemble.load_ensemble([p for p in path.split(",") if p], source, threshold, mirror=mirror,
-                                  precision=precision)

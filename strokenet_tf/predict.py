@@ -58,7 +58,7 @@ class PredictConfig:
     """A predict run, filled from flags.
 
     Attributes:
-        model, model_source, threshold: which model (see `inference.load_segmenter`); threshold None = default.
+        model, model_source, threshold: which model (see `ensemble.load_segmenter`); threshold None = default.
         input: case folder / folder of cases, or None when `files` are given.
         files: modality name -> NIfTI file of one case, or {}.
         case_id: name of the explicit-files case (None: its folder's name).

@@ -108,7 +108,7 @@ class OutputOptions:
 
 def load_model(model: str, source: str = "best", threshold: float | None = None, mirror: bool | None = None,
                precision: str = "float32"):
-    """`inference.load_segmenter` with the threshold rule: an export records its own threshold.
+    """`ensemble.load_segmenter` with the threshold rule: an export records its own threshold.
 
     Raises:
         inference.ModelLoadError: one line naming the path (also for a threshold given with an export).
@@ -119,8 +119,8 @@ def load_model(model: str, source: str = "best", threshold: float | None = None,
         raise inference.ModelLoadError(f"{model}: an exported SavedModel fixes its threshold in its metadata; "
                                        f"drop {errors.ref('threshold')}")
     if inference.is_saved_model_dir(model):
-        return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD, mirror)
-    return inference.load_segmenter(model, source, inference.DEFAULT_THRESHOLD if threshold is None else threshold,
+        return ensemble.load_segmenter(model, source, inference.DEFAULT_THRESHOLD, mirror)
+    return ensemble.load_segmenter(model, source, inference.DEFAULT_THRESHOLD if threshold is None else threshold,
                                     mirror, precision)
 
 

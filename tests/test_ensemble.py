@@ -99,14 +99,14 @@ def test_cv_folder_loads_every_fold_mirrored_and_calibrated(cv_dir, models, make
     with open(os.path.join(cv_dir, calibration.CALIBRATION_FILE), "w") as stream:
         json.dump({"calibration": {"temperature": 1.5, "bias": -0.5}}, stream)
     try:
-        segmenter = inference.load_segmenter(cv_dir)
+        segmenter = ensemble.load_segmenter(cv_dir)
     finally:
         os.remove(os.path.join(cv_dir, calibration.CALIBRATION_FILE))
     assert len(segmenter.models) == 3 and segmenter.mirror
     assert segmenter.calibration == calibration.Calibration(temperature=1.5, bias=-0.5)
-    single = inference.load_segmenter(os.path.join(cv_dir, "fold_1"))
+    single = ensemble.load_segmenter(os.path.join(cv_dir, "fold_1"))
     assert len(single.models) == 1 and not single.mirror and single.calibration.is_identity
-    listed = inference.load_segmenter(",".join(os.path.join(cv_dir, f"fold_{k}") for k in (0, 2)), mirror=False)
+    listed = ensemble.load_segmenter(",".join(os.path.join(cv_dir, f"fold_{k}") for k in (0, 2)), mirror=False)
     assert len(listed.models) == 2 and not listed.mirror
     assert ensemble.best_fold(cv_dir) == os.path.join(cv_dir, "fold_1")
 

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import serving_double
 import serving_fixtures
-from strokenet_tf import export, inference
+from strokenet_tf import ensemble, export, inference
 from strokenet_tf.data import isles, preprocess
 from strokenet_tf.serving import exporting, metadata as metadata_lib, signatures, warmup
 
@@ -81,7 +81,7 @@ def loaded(exported):
 @pytest.fixture(scope="module")
 def adapter(exported):
     """The contract's adapter (what `evaluate` uses for exports): reads the metadata, calls serving_default."""
-    return inference.load_segmenter(exported[1])
+    return ensemble.load_segmenter(exported[1])
 
 
 def test_cli_publishes_version_1_with_metadata_warmup_and_serving_command(exported, run_dir):

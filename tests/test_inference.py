@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from strokenet_tf import curriculum as curriculum_lib
-from strokenet_tf import inference
+from strokenet_tf import ensemble, inference
 from strokenet_tf.config import TrainConfig
 from strokenet_tf.data import isles, pipeline, preprocess
 from strokenet_tf.model import strokenet
@@ -118,7 +118,7 @@ def test_threshold_decides_the_mask(model, make_case):
 def test_run_folder_loads_best_or_latest_weights(run_dir, model, make_case):
     model_dir, later = run_dir
     case = make_case(3, 20, 20)
-    best = inference.load_segmenter(model_dir)
+    best = ensemble.load_segmenter(model_dir)
     assert isinstance(best, inference.Segmenter)
     assert best.trained.source.endswith(checkpointing.BEST_MODEL_FILE)
     assert best.trained.best_record["dice"] == 0.5 and best.channels == isles.DEFAULT_CHANNELS
@@ -170,22 +170,22 @@ def test_keras_file_without_its_architecture_falls_back_to_config_json_then_defa
 
 def test_bad_model_paths_are_one_line_errors(tmp_path, run_dir):
     with pytest.raises(inference.ModelLoadError, match=r"nowhere: no such model folder or file"):
-        inference.load_segmenter(str(tmp_path / "nowhere"))
+        ensemble.load_segmenter(str(tmp_path / "nowhere"))
     with pytest.raises(inference.ModelLoadError, match=r"not a training run \(no config.json\)"):
-        inference.load_segmenter(str(tmp_path))
+        ensemble.load_segmenter(str(tmp_path))
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
     with pytest.raises(inference.ModelLoadError, match=r"broken.keras: cannot load Keras model"):
-        inference.load_segmenter(str(broken))
+        ensemble.load_segmenter(str(broken))
     with pytest.raises(inference.ModelLoadError, match="model source must be one of best, latest"):
-        inference.load_segmenter(run_dir[0], source="newest")
+        ensemble.load_segmenter(run_dir[0], source="newest")
     empty_run = tmp_path / "empty_run"
     empty_run.mkdir()
     (empty_run / checkpointing.CONFIG_FILE).write_text(open(os.path.join(run_dir[0], checkpointing.CONFIG_FILE)).read())
     with pytest.raises(inference.ModelLoadError, match="no best.keras yet"):
-        inference.load_segmenter(str(empty_run))
+        ensemble.load_segmenter(str(empty_run))
     with pytest.raises(inference.ModelLoadError, match="no training checkpoint"):
-        inference.load_segmenter(str(empty_run), source="latest")
+        ensemble.load_segmenter(str(empty_run), source="latest")
 
 
 def test_the_network_runs_on_the_brain_box_only(model, make_case):
