@@ -60,6 +60,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_integer("warmup_size", warmup.DEFAULT_SIZE, "In-plane size of the warmup volumes.", **fv)
     flags.DEFINE_boolean("verify", True, "Reload the staged SavedModel and compare it with the in-process "
                          "Segmenter before publishing it.", **fv)
+    flags.DEFINE_boolean("from_4d", True, "Also export the from_4d signature (raw CT_4DPWI series in, maps made by "
+                         "oSVD deconvolution in the graph) where the model's channels allow it.", **fv)
     flags.mark_flags_as_required(["model", "export_base"], flag_values=flag_values)
     cli.define_old_names(flag_values, TOOL, OLD_NAMES)
 
@@ -82,6 +84,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> exporting.Export
         warmup_depths=depths,
         warmup_size=flag_values.warmup_size,
         verify=flag_values.verify,
+        from_4d=flag_values.from_4d,
         mirror=cli.mirror_setting(flag_values.mirror),
         temperature=flag_values.temperature,
         precision=flag_values.precision,

@@ -174,3 +174,10 @@ def test_export_checks_and_describes_the_from_4d_signature(tmp_path, segmenter, 
     monkeypatch.setattr(signatures, "from_4d_endpoint", shifted)
     with pytest.raises(exporting.ExportError, match="from_4d"):
         exporting._verify_from_4d(version_dir, loaded, segmenter)
+
+
+def test_export_without_from_4d_leaves_the_signature_out(tmp_path, segmenter):
+    version_dir, _ = exporting.export_segmenter(segmenter, str(tmp_path / "base"), 1, {"model_name": "m"},
+                                                from_4d=False)
+    loaded = tf.saved_model.load(version_dir)
+    assert signatures.FROM_4D not in loaded.signatures and signatures.SERVING_DEFAULT in loaded.signatures

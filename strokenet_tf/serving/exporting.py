@@ -79,6 +79,8 @@ class ExportConfig:
         mirror: left-right test-time mirroring; None = on for an ensemble, off for a single run.
         temperature: temperature scaling instead of the cross-validation folder's calibration.json map.
         precision: dtype policy of the members ("float32" as saved, "bfloat16", "mixed_float16").
+        from_4d: also export the `from_4d` signature (raw CT_4DPWI in) where the channels allow it; False keeps
+            the deconvolution graph out of a deployment that only receives maps (a smaller, faster export).
     """
 
     model_dir: str
@@ -94,6 +96,7 @@ class ExportConfig:
     mirror: bool | None = None
     temperature: float | None = None
     precision: str = "float32"
+    from_4d: bool = True
 
     def validate(self) -> "ExportConfig":
         if self.temperature is not None and not 0.0 < self.temperature < float("inf"):
@@ -146,18 +149,19 @@ def next_version(model_base: str) -> int:
     return max(versions) + 1 if versions else 1
 
 
-def build_export_archive(segmenter: inference.Segmenter) -> keras.export.ExportArchive:
+def build_export_archive(segmenter: inference.Segmenter, from_4d: bool = True) -> keras.export.ExportArchive:
     """An ExportArchive with the tracked Keras models (every ensemble member) and the `serving_default`,
-    `serialized` and `report` endpoints, and `from_4d` (raw CT_4DPWI series in) where the channels allow it."""
+    `serialized` and `report` endpoints, and (`from_4d`) `from_4d` (raw CT_4DPWI series in) where the channels
+    allow it."""
     archive = keras.export.ExportArchive()
     for model in segmenter.models:
         archive.track(model)
     archive.add_endpoint(signatures.SERVING_DEFAULT, segmenter.segment)
     archive.add_endpoint(signatures.SERIALIZED, signatures.serialized_endpoint(segmenter))
     archive.add_endpoint(signatures.REPORT, segmenter.report)
-    from_4d = signatures.from_4d_endpoint(segmenter)
-    if from_4d is not None:  # models reading only CT, CT_4DPWI and the maps
-        archive.add_endpoint(signatures.FROM_4D, from_4d)
+    endpoint = signatures.from_4d_endpoint(segmenter) if from_4d else None
+    if endpoint is not None:  # models reading only CT, CT_4DPWI and the maps
+        archive.add_endpoint(signatures.FROM_4D, endpoint)
     return archive
 
 
@@ -356,6 +360,7 @@ def export_segmenter(
     warmup_images: Sequence[np.ndarray] = (),
     overwrite: bool = False,
     verify: bool = True,
+    from_4d: bool = True,
 ) -> tuple[str, float | None]:
     """Writes `segmenter` as version `version` under `model_base` (staged, verified, renamed into place).
 
@@ -369,7 +374,7 @@ def export_segmenter(
     remove_abandoned_scratch(model_base)
     staging = _scratch_path(model_base, _STAGING_PREFIX, str(version))
     try:
-        build_export_archive(segmenter).write_out(staging, verbose=False)
+        build_export_archive(segmenter, from_4d).write_out(staging, verbose=False)
         metadata_lib.write_metadata(staging, metadata)
         if warmup_images:
             warmup.write_warmup_file(staging, warmup_images, metadata.get("model_name", DEFAULT_MODEL_NAME))
@@ -410,10 +415,13 @@ def export_run(config: ExportConfig) -> ExportResult:
     metadata["mirror"] = bool(segmenter.mirror)
     metadata["calibration"] = segmenter.calibration.to_dict()
     metadata["precision"] = segmenter.precision
+    if not config.from_4d:
+        metadata["signatures"].pop(signatures.FROM_4D, None)
     if len(segmenter.member_paths) > 1 or paths != segmenter.member_paths:
         metadata["run_dir"] = ",".join(os.path.abspath(path) for path in paths)
     version_dir, difference = export_segmenter(segmenter, model_base, version, metadata, images,
-                                               overwrite=config.overwrite, verify=config.verify)
+                                               overwrite=config.overwrite, verify=config.verify,
+                                               from_4d=config.from_4d)
     return ExportResult(version_dir, version, time.perf_counter() - start, _tree_size_bytes(version_dir),
                         difference, metadata)
 
