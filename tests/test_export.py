@@ -317,7 +317,7 @@ def test_overwrite_stages_invisibly_then_replaces_the_version(exported, run_dir,
 
 
 def test_failed_export_leaves_no_version_and_no_staging(run_dir, tmp_path, monkeypatch):
-    def broken_archive(segmenter):
+    def broken_archive(segmenter, from_4d=True):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(exporting, "build_export_archive", broken_archive)
