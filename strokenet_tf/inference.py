@@ -297,10 +297,7 @@ class Segmenter(tf.Module, _CasePredictor):
     def _analyse(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         normalised = preprocess.normalize_image(image, self.channels)
         if self.crop_to_head:  # the network sees the brain's in-plane box; outside it the probability is 0
-            box = preprocess.head_box(normalised, self.multiples)
-            plane = tf.shape(normalised)[2:4]
-            members = [preprocess.uncrop_box(m, box, plane)
-                       for m in self._member_probabilities(preprocess.crop_box(normalised, box))]
+            members = preprocess.within_head_box(normalised, self.multiples, self._member_probabilities)
         else:
             members = self._member_probabilities(normalised)
         probabilities = members[0] if len(members) == 1 else tf.add_n(members) / float(len(members))

@@ -320,6 +320,19 @@ def uncrop_box(x: tf.Tensor, box: tf.Tensor, height_width: tf.Tensor) -> tf.Tens
     return tf.pad(x, paddings)
 
 
+def within_head_box(normalised, multiples: Sequence[int], probabilities_of):
+    """`probabilities_of` run on the `head_box` crop of a normalised batch [b, d, h, w, c], its [b, d, h', w']
+    result (or list of them) put back on the whole plane with 0 outside the box: the one owner of the crop
+    that inference and training validation share."""
+    normalised = tf.convert_to_tensor(normalised)
+    box = head_box(normalised, multiples)
+    plane = tf.shape(normalised)[2:4]
+    result = probabilities_of(crop_box(normalised, box))
+    if isinstance(result, (list, tuple)):
+        return [uncrop_box(r, box, plane) for r in result]
+    return uncrop_box(result, box, plane)
+
+
 def _resize(x, height_width, method: str) -> tf.Tensor:
     if method not in INTERPOLATIONS:
         raise ValueError(f"in-plane resampling: method must be one of {', '.join(INTERPOLATIONS)}, got {method!r}")

@@ -50,11 +50,12 @@ def predict_probabilities(predict_fn, image: np.ndarray, multiples: Sequence[int
     """Lesion probability float32 [depth, height, width] of one normalised case image float32 [depth, height,
     width, channels]: the network runs on the brain's in-plane box (`preprocess.head_box`), as in
     `inference.Segmenter`, and the probability outside it is 0."""
+    def probabilities_of(cropped):
+        padded, spatial_shape = preprocess.pad_to_multiple(cropped, multiples)
+        return postprocess.probabilities_from_logits(predict_fn(padded), spatial_shape)
+
     batch = tf.convert_to_tensor(image[np.newaxis], tf.float32)
-    box = preprocess.head_box(batch, multiples)
-    padded, spatial_shape = preprocess.pad_to_multiple(preprocess.crop_box(batch, box), multiples)
-    probabilities = postprocess.probabilities_from_logits(predict_fn(padded), spatial_shape)
-    return preprocess.uncrop_box(probabilities, box, tf.shape(batch)[2:4]).numpy()[0]
+    return preprocess.within_head_box(batch, multiples, probabilities_of).numpy()[0]
 
 
 def validate(predict_fn, cases: Sequence, multiples: Sequence[int],
