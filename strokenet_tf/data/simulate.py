@@ -63,7 +63,9 @@ def _deconvolve_graph():
     def maps(series, fallback_aif):
         return deconvolution.perfusion_maps(series, smoothing_sigma_voxels=0.0, fallback_aif_hu=fallback_aif)
 
-    return tf.function(maps, reduce_retracing=True, input_signature=[
+    # No Python control flow depends on a tensor in `perfusion_maps`, so AutoGraph (whose source conversion
+    # cost ~6 s per process) is off: the traced ops, hence the maps, are the same.
+    return tf.function(maps, reduce_retracing=True, autograph=False, input_signature=[
         tf.TensorSpec([None, None, None, None], tf.float32), tf.TensorSpec([None], tf.float32)])
 
 
