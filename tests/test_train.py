@@ -143,6 +143,47 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, finished_run, tmp
         np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
 
 
+def test_next_run_in_the_process_reuses_the_trace_and_equals_a_fresh_run(data_dir, finished_run, tmp_path):
+    """cross_validate's folds: the second run takes the first's traced step and prepared cases, resets weights,
+    dropout seeds and optimizer state, and ends bit for bit where a run in a fresh state ends."""
+    config, _ = finished_run
+    loop.train(config)  # the finished run (a no-op) makes its model and cases the last ones
+    compiled, cases = loop._LAST_COMPILED[0], loop._LAST_CASES[1]
+    reused = loop.train(make_config(data_dir, str(tmp_path / "reused"), fold=1))
+    assert loop._LAST_COMPILED[0] is compiled and compiled.step_fn.trace_count == 1
+    assert loop._LAST_CASES[1] is cases
+    loop._LAST_COMPILED.clear()
+    loop._LAST_CASES.clear()
+    fresh = loop.train(make_config(data_dir, str(tmp_path / "fresh"), fold=1))
+    assert loop._LAST_COMPILED[0] is not compiled and loop._LAST_CASES[1] is not cases
+    assert (reused.best_val_dice, reused.best_epoch, reused.val_ids) == (fresh.best_val_dice, fresh.best_epoch,
+                                                                       fresh.val_ids)
+    reused_values = _checkpoint_values(checkpointing.latest_checkpoint(str(tmp_path / "reused")))
+    fresh_values = _checkpoint_values(checkpointing.latest_checkpoint(str(tmp_path / "fresh")))
+    assert reused_values.keys() == fresh_values.keys() and len(fresh_values) > 10
+    for name in fresh_values:
+        np.testing.assert_array_equal(reused_values[name], fresh_values[name], err_msg=name)
+    # Another model (or another seed) is built and traced anew.
+    other = loop.train(make_config(data_dir, str(tmp_path / "seed1"), seed=1, num_folds=2))
+    assert loop._LAST_COMPILED[0].step_fn is not compiled.step_fn and other.trace_count == 1
+
+
+def test_changed_data_files_are_read_again(data_dir, tmp_path):
+    config = make_config(data_dir, str(tmp_path / "model"))
+    first = loop.load_fold(config)
+    again = loop.load_fold(config)
+    assert [case.image is other.image for case, other in zip(first[0], again[0])] == [True] * len(first[0])
+    some_file = sorted(glob.glob(os.path.join(data_dir, "TRAINING", "*", "*", "*.nii*")))[0]
+    info = os.stat(some_file)
+    try:
+        os.utime(some_file, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        changed = loop.load_fold(config)
+    finally:
+        os.utime(some_file, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert not any(case.image is other.image for case, other in zip(first[0], changed[0]))
+    np.testing.assert_array_equal(first[0][0].image, changed[0][0].image)
+
+
 def test_validation_pads_and_crops_back():
     label = np.zeros((3, 10, 12), np.uint8)
     label[1, 2:6, 3:9] = 1

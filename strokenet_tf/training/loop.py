@@ -84,7 +84,7 @@ def load_fold(config: TrainConfig) -> tuple[list, list]:
     """
     if not os.path.exists(config.data_dir):
         raise TrainingError("data_dir", f"={config.data_dir}: no such folder")
-    cases = isles.load_cases(config.data_dir, channels=config.channels, split=config.split, require_label=True)
+    cases = _read_cases(config)
     if not cases:
         raise TrainingError("data_dir", f"={config.data_dir}: no labelled {config.split} cases found")
     patient_map = None
@@ -101,8 +101,50 @@ def load_fold(config: TrainConfig) -> tuple[list, list]:
         fields = ("patient_map",) if "patient map" in str(error) else ("num_folds", "fold")
         raise TrainingError(f"{'/'.join(map(errors.ref, fields))}: {error} ({len(cases)} cases in {config.data_dir})"
                             ) from None
-    prepared = {case.case_id: preprocess.prepare_case(case, config.channels) for case in cases}
+    prepared = _prepare(config, cases)
     return [prepared[i] for i in train_ids], [prepared[i] for i in val_ids]
+
+
+# The last run's prepared cases: the next run of this process on the same, unchanged files (the folds of
+# `cross_validate`) takes them from here (reading and normalising the 24 demo cases takes ~10 s on 2 CPU cores).
+_LAST_CASES: list = []
+
+
+def _files_key(config: TrainConfig) -> tuple:
+    """What the run reads, with every file's size and modification time under DATA_DIR/split."""
+    root = os.path.join(os.path.abspath(config.data_dir), config.split)
+    listing = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            listing.append((path, info.st_size, info.st_mtime_ns))
+    return root, tuple(config.channels), tuple(sorted(listing))
+
+
+def _read_cases(config: TrainConfig) -> list:
+    """The labelled cases as `isles.Case`s, or, when this process prepared these same files last,
+    those prepared cases (`_prepare` knows them)."""
+    key = _files_key(config)
+    if _LAST_CASES and _LAST_CASES[1] is not None and _LAST_CASES[0] == key:
+        return _LAST_CASES[1]
+    _LAST_CASES.clear()
+    cases = isles.load_cases(config.data_dir, channels=config.channels, split=config.split, require_label=True)
+    _LAST_CASES[:] = [key, None]
+    return cases
+
+
+def _prepare(config: TrainConfig, cases: list) -> dict:
+    """case_id -> `preprocess.PreparedCase`, kept for the next run (only the prepared cases stay in memory)."""
+    if _LAST_CASES and _LAST_CASES[1] is cases:
+        return {case.case_id: case for case in cases}
+    prepared = {case.case_id: preprocess.prepare_case(case, config.channels) for case in cases}
+    if _LAST_CASES and _LAST_CASES[1] is None:
+        _LAST_CASES[1] = list(prepared.values())
+    return prepared
 
 
 def _relax_shapes(channels: int):
@@ -344,18 +386,71 @@ def _train_locked(config, strategy, chief, after_step) -> TrainResult:
     try:
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            model = strokenet.build_strokenet(config.model)
-            optimizer = make_optimizer(config)
-            optimizer.build(model.trainable_variables)
-            best = best_export.BestWeights(model)
-        return _run(config, strategy, chief, log, model, optimizer, best, train_cases, val_cases, resuming,
-                    after_step)
+            compiled = _compiled(config, strategy)
+            best = best_export.BestWeights(compiled.model)
+        return _run(config, strategy, chief, log, compiled, best, train_cases, val_cases, resuming, after_step)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(config, strategy, chief, log, model, optimizer, best, train_cases, val_cases, resuming,
-         after_step) -> TrainResult:
+@dataclasses.dataclass
+class _Compiled:
+    """A model, its optimizer and their traced train and validation steps."""
+
+    key: tuple
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_fn: "TrainStep"
+    predict_fn: Callable
+    optimizer_start: list  # the optimizer's variables just after it was built
+
+
+# The last run's compiled model, reused by the next run of this process with the same network, optimizer,
+# batch, seed and default strategy (the folds of `cross_validate`): the train step's first call (tracing and
+# graph optimisation) costs ~15 s on 2 CPU cores, the model's weights and the optimizer's state are simply
+# reset. A reused run is bit for bit the run a fresh process makes (tests/test_train.py checks).
+_LAST_COMPILED: list = []
+
+
+def _compiled(config: TrainConfig, strategy) -> _Compiled:
+    """The run's model (freshly initialised from config.seed), optimizer and steps; call under strategy.scope()
+    after `keras.utils.set_random_seed(config.seed)`."""
+    fresh = strokenet.build_strokenet(config.model)
+    key = (repr(config.model), config.optimizer, config.weight_decay, config.mixed_precision, config.batch_size,
+           config.seed, len(config.channels), tuple(stage.learning_rate for stage in config.curriculum.stages[:1]))
+    reusable = strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
+    if reusable and _LAST_COMPILED and _LAST_COMPILED[0].key == key:
+        compiled = _LAST_COMPILED[0]
+        # Every variable: weights and the dropout seed generators' states (`model.variables`), and the optimizer's
+        # step counter, moments and learning rate.
+        for target, source in zip(compiled.model.variables, fresh.variables, strict=True):
+            target.assign(source.value)
+        for variable, start in zip(_optimizer_variables(compiled.optimizer), compiled.optimizer_start, strict=True):
+            variable.assign(start)
+        return compiled
+    optimizer = make_optimizer(config)
+    optimizer.build(fresh.trainable_variables)
+    compiled = _Compiled(key, fresh, optimizer,
+                         TrainStep(strategy, fresh, optimizer, config.batch_size, config.mixed_precision),
+                         validation.make_predict_fn(fresh, len(config.channels)),
+                         [variable.numpy() for variable in _optimizer_variables(optimizer)])
+    _LAST_COMPILED[:] = [compiled] if reusable else []
+    return compiled
+
+
+def _optimizer_variables(optimizer) -> list:
+    """The optimizer's variables and its inner optimizer's (loss scaling), each once."""
+    seen, variables = set(), []
+    for variable in list(optimizer.variables) + list(getattr(getattr(optimizer, "inner_optimizer", None),
+                                                             "variables", [])):
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            variables.append(variable)
+    return variables
+
+
+def _run(config, strategy, chief, log, compiled, best, train_cases, val_cases, resuming, after_step) -> TrainResult:
+    model, optimizer = compiled.model, compiled.optimizer
     model_dir = config.model_dir
     curriculum = config.curriculum
     state = checkpointing.RunState.create()
@@ -382,8 +477,7 @@ def _run(config, strategy, chief, log, model, optimizer, best, train_cases, val_
         manager.save(checkpoint_number=int(state.global_step.numpy()))
         distribute.remove_scratch_dir(checkpoint_dir, strategy)
 
-    step_fn = TrainStep(strategy, model, optimizer, config.batch_size, config.mixed_precision)
-    predict_fn = validation.make_predict_fn(model, len(config.channels))
+    step_fn, predict_fn = compiled.step_fn, compiled.predict_fn
     last_metrics: dict[str, float] = {}
     clock = run_log.EpochClock(curriculum.total_epochs)
     first_epoch = int(state.epoch.numpy())
