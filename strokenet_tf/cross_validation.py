@@ -4,7 +4,9 @@ Fold K trains into MODEL_DIR/fold_K (`training.loop.train`) and is scored on the
 (`evaluation`, the same code as `strokenet_tf.evaluate --fold=K`) into MODEL_DIR/fold_K/evaluation/. Then
 MODEL_DIR/cv_summary.json and cv_summary.csv hold, per fold, the mean of every metric, and their mean and std
 over folds, the form of the StrokeNet report (Dice, recall, precision in %), plus HD95, AVD and lesion F1; the
-folds' out-of-fold probabilities fit the ensemble's calibration (`calibration`).
+folds' out-of-fold probabilities fit the ensemble's calibration (`calibration`). Beside the network's Dice, each
+fold has the simple baseline's on the same cases: the best single-map threshold rule fitted on the fold's
+training cases (`baselines`).
 
 Resumable: a fold whose evaluation/summary.json exists is skipped (after checking that its run has the same
 settings); an interrupted fold resumes from its last checkpoint. The command is `strokenet_tf.cross_validate`.
@@ -29,7 +31,9 @@ CV_SUMMARY_JSON = "cv_summary.json"
 CV_SUMMARY_CSV = "cv_summary.csv"
 REPORT_METRICS = ("dice", "recall", "precision", "hd95_mm", "hd_max_mm", "avd_ml", "lesion_precision",
                   "lesion_recall", "lesion_f1")
-PERCENT_METRICS = ("dice", "recall", "precision")
+# The cv table's columns: the report metrics, with the threshold baseline's Dice on the same cases beside the Dice.
+TABLE_METRICS = ("dice", "threshold_dice") + REPORT_METRICS[1:]
+PERCENT_METRICS = ("dice", "threshold_dice", "recall", "precision")
 STROKENET_REPORT = {"dice": 52.26, "recall": 55.50, "precision": 58.84}  # % (Table in the StrokeNet report)
 
 
@@ -85,13 +89,26 @@ def run_fold(config: CrossValidationConfig, fold: int, warn=lambda message: None
             "split": fold_config.split, "fold": dataclasses.asdict(spec),
             "empty_score": evaluation.EmptyRules().empty_score,
             "empty_distance": evaluation.EmptyRules().empty_distance, "n_cases": len(rows),
-            "case_ids": [row["case_id"] for row in rows], "failed": [dataclasses.asdict(f) for f in failures]}
+            "case_ids": [row["case_id"] for row in rows], "failed": [dataclasses.asdict(f) for f in failures],
+            "threshold_baseline": _threshold_baseline(fold_config)}
     # Out-of-fold probabilities (mirrored, as the ensemble predicts) for the calibration; kept before the summary
     # marks the fold finished.
     calibration.write_out_of_fold(eval_dir, inference.Segmenter.from_run(
         fold_config.model_dir, config.eval_model_source, mirror=True), case_dirs)
     evaluation.write_outputs(eval_dir, rows, summary, info)
     return _read_json(str(summary_path))
+
+
+def _threshold_baseline(fold_config: config_lib.TrainConfig) -> dict[str, Any]:
+    """The single-map threshold rule fitted on the fold's training cases, scored on its held-out cases
+    (`baselines`): the simple baseline beside the network, on the same cases."""
+    from strokenet_tf import baselines
+    from strokenet_tf.training import loop
+
+    train_cases, val_cases = loop.load_fold(fold_config)  # the run's own prepared cases, kept by the loop
+    result = baselines.evaluate_threshold_baseline(train_cases, val_cases, fold_config.channels)
+    return {"rule": result["rule"], "dice": result["val_dice"], "train_dice": result["train_dice"],
+            "dice_per_case": result["val_dice_per_case"]}
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float | int]:
@@ -103,15 +120,18 @@ def _mean_std(values: Sequence[float]) -> dict[str, float | int]:
 
 
 def aggregate(fold_documents: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-fold means and their mean and (population) std over folds for `REPORT_METRICS`."""
+    """Per-fold means and their mean and (population) std over folds for `TABLE_METRICS` (the threshold
+    baseline's mean Dice on the fold's cases, when the fold document has it)."""
     per_fold = {}
     for fold, document in sorted(fold_documents.items()):
         means = {}
         for key in REPORT_METRICS:
             value = document["metrics"].get(key, {}).get("mean")
             means[key] = math.nan if value is None else float(value)
+        threshold = document.get("threshold_baseline", {}).get("dice")
+        means["threshold_dice"] = math.nan if threshold is None else float(threshold)
         per_fold[fold] = {"n_cases": document["n_cases"], **means}
-    over_folds = {key: _mean_std([row[key] for row in per_fold.values()]) for key in REPORT_METRICS}
+    over_folds = {key: _mean_std([row[key] for row in per_fold.values()]) for key in TABLE_METRICS}
     return {"folds": per_fold, "mean_over_folds": over_folds,
             "n_cases": sum(row["n_cases"] for row in per_fold.values())}
 
@@ -122,19 +142,19 @@ def _cell(key: str, value: float) -> str:
     return f"{100.0 * value:.2f}" if key in PERCENT_METRICS else f"{value:.3f}" if "lesion" in key else f"{value:.2f}"
 
 
-HEADERS = {"dice": "Dice %", "recall": "Recall %", "precision": "Precision %", "hd95_mm": "HD95 mm",
+HEADERS = {"dice": "Dice %", "threshold_dice": "threshold Dice %", "recall": "Recall %", "precision": "Precision %", "hd95_mm": "HD95 mm",
             "hd_max_mm": "HDmax mm", "avd_ml": "AVD mL", "lesion_precision": "lesion P", "lesion_recall": "lesion R",
             "lesion_f1": "lesion F1"}
 
 
 def cv_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     """Table rows: a header, one row per fold, the mean and std over folds (Dice/recall/precision in %)."""
-    rows = [["fold", "cases"] + [HEADERS[k] for k in REPORT_METRICS]]
+    rows = [["fold", "cases"] + [HEADERS[k] for k in TABLE_METRICS]]
     for fold, row in summary["folds"].items():
-        rows.append([str(fold), str(row["n_cases"])] + [_cell(k, row[k]) for k in REPORT_METRICS])
+        rows.append([str(fold), str(row["n_cases"])] + [_cell(k, row.get(k, math.nan)) for k in TABLE_METRICS])
     over = summary["mean_over_folds"]
-    rows.append(["mean", str(summary["n_cases"])] + [_cell(k, over[k]["mean"]) for k in REPORT_METRICS])
-    rows.append(["std", ""] + [_cell(k, over[k]["std"]) for k in REPORT_METRICS])
+    rows.append(["mean", str(summary["n_cases"])] + [_cell(k, over[k]["mean"]) for k in TABLE_METRICS])
+    rows.append(["std", ""] + [_cell(k, over[k]["std"]) for k in TABLE_METRICS])
     return rows
 
 
@@ -144,7 +164,7 @@ def format_cv_table(summary: Mapping[str, Any]) -> str:
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
 
 
-CSV_HEADER = ["fold", "n_cases"] + [f"{k}_percent" if k in PERCENT_METRICS else k for k in REPORT_METRICS]
+CSV_HEADER = ["fold", "n_cases"] + [f"{k}_percent" if k in PERCENT_METRICS else k for k in TABLE_METRICS]
 
 
 def write_summary(model_dir: str, summary: Mapping[str, Any]) -> tuple[str, str]:

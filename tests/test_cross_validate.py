@@ -43,7 +43,7 @@ def test_every_fold_is_trained_scored_and_summarised(cv_run, data_dir, capsys):
     model_dir, flag_values = cv_run
     cross_validate.main(["cross_validate"], flag_values)
     printed = capsys.readouterr().out
-    assert "Dice %" in printed and "Recall %" in printed and "Precision %" in printed and "HD95 mm" in printed
+    assert "Dice %" in printed and "threshold Dice %" in printed and "Recall %" in printed and "Precision %" in printed and "HD95 mm" in printed
     assert "StrokeNet report" in printed and "52.26%" in printed
     case_ids = [f"case_{k}" for k in range(1, 5)]
     summary = json.loads((model_dir / cross_validation.CV_SUMMARY_JSON).read_text())
@@ -59,6 +59,10 @@ def test_every_fold_is_trained_scored_and_summarised(cv_run, data_dir, capsys):
             assert list(kept["case_ids"]) == val_ids and kept["probabilities"].size == kept["labels"].size > 0
             assert bool(kept["mirror"])
         fold_means.append(document["metrics"]["dice"]["mean"])
+        baseline = document["threshold_baseline"]  # fitted on the fold's training cases, scored on its own
+        assert sorted(baseline["dice_per_case"]) == sorted(val_ids) and " (normalised)" in baseline["rule"]
+        assert baseline["dice"] == pytest.approx(np.mean(list(baseline["dice_per_case"].values())))
+        assert summary["folds"][str(fold)]["threshold_dice"] == baseline["dice"]
         assert summary["folds"][str(fold)]["dice"] == document["metrics"]["dice"]["mean"]
     over = summary["mean_over_folds"]["dice"]
     assert over["mean"] == pytest.approx(sum(fold_means) / 2) and over["n_folds"] == 2
@@ -105,5 +109,6 @@ def test_aggregate_ignores_nan_folds_and_formats_percent():
     assert summary["mean_over_folds"]["hd95_mm"] == {"mean": 4.0, "std": 0.0, "n_folds": 1}
     assert math.isnan(summary["folds"][0]["hd95_mm"])
     table = cross_validation.format_cv_table(summary)
-    assert table.splitlines()[3].split()[:5] == ["mean", "5", "60.00", "50.00", "nan"]
+    assert table.splitlines()[0].split()[:6] == ["fold", "cases", "Dice", "%", "threshold", "Dice"]
+    assert table.splitlines()[3].split()[:6] == ["mean", "5", "60.00", "nan", "50.00", "nan"]
     assert evaluation.json_safe(summary)["folds"]["0"]["hd95_mm"] is None
