@@ -80,3 +80,15 @@ def test_report_signature_input_contract(exported):
     specs = report.structured_input_signature[1]
     assert specs[inference.VOXEL_SIZE_KEY].shape.as_list() == [None, 3]
     assert report.structured_outputs["defuse3"].dtype == tf.int32
+
+
+def test_saved_model_root_lists_every_member_variable(exported, cv_dir):
+    """The SavedModel's root lists every member's variables (what `ExportArchive.track` records)."""
+    loaded = tf.saved_model.load(exported.version_dir)
+    members = ensemble.load_ensemble([cv_dir]).models
+    assert len(members) == 2
+    assert len(loaded.variables) == sum(len(model.variables) for model in members)
+    assert len(loaded.trainable_variables) == sum(len(model.trainable_variables) for model in members)
+    saved = sorted(float(np.sum(np.abs(v.numpy()))) for v in loaded.variables)
+    expected = sorted(float(np.sum(np.abs(np.asarray(v)))) for model in members for v in model.variables)
+    np.testing.assert_allclose(saved, expected, rtol=1e-6)

@@ -169,6 +169,18 @@ def test_saved_graph_holds_preprocessing_and_no_python_ops(exported):
     assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
 
 
+def test_saved_model_holds_each_endpoint_graph_once(exported):
+    """Every endpoint graph is traced once (`exporting.build_export_archive`): the library has no two copies of a
+    graph (before, `tf.saved_model.save` traced each endpoint again and saved both traces)."""
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported[1], "saved_model.pb"), "rb") as stream:
+        saved_model.ParseFromString(stream.read())
+    library = saved_model.meta_graphs[0].graph_def.library.function
+    graphs = [tuple(sorted(node.op for node in function.node_def)) for function in library
+              if function.signature.name.startswith("__inference_") and len(function.node_def) > 50]
+    assert len(graphs) >= 3 and len(set(graphs)) == len(graphs), sorted(f.signature.name for f in library)
+
+
 def test_fresh_process_loads_the_export_and_saved_model_cli_shows_it(exported):
     script = (
         "import json, sys, tensorflow as tf\n"

@@ -1,9 +1,9 @@
 """Training run -> TF-Serving SavedModel at EXPORT_BASE/<model_name>/<version>/, atomically.
 
-The SavedModel is written with Keras 3's `keras.export.ExportArchive`: the Keras model is tracked and the
-endpoints are `inference.Segmenter.segment` itself (`serving_default`) and a thin wrapper that parses
-serialized tensors first (`serialized`, see `signatures`). So predict, evaluate and TF-Serving run one
-graph: NaN cleaning, per-case normalisation, padding to the network's multiples, network, sigmoid, inverse
+The SavedModel is written with Keras 3's `keras.export.ExportArchive`: the members' variables are tracked and
+the endpoints call the graphs of `inference.Segmenter.segment` itself (`serving_default`), of a thin wrapper
+that parses serialized tensors first (`serialized`, see `signatures`), of `Segmenter.report` and of `from_4d`,
+each traced once (`build_export_archive`). So predict, evaluate and TF-Serving run one graph: NaN cleaning, per-case normalisation, padding to the network's multiples, network, sigmoid, inverse
 crop and threshold, with dynamic depth/height/width and float32 in and out even for a mixed_float16 model.
 
 A version folder appears only when it is complete: everything is built in a hidden sibling
@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import inspect
 import os
 import pathlib
 import re
@@ -150,19 +151,59 @@ def next_version(model_base: str) -> int:
 
 
 def build_export_archive(segmenter: inference.Segmenter, from_4d: bool = True) -> keras.export.ExportArchive:
-    """An ExportArchive with the tracked Keras models (every ensemble member) and the `serving_default`,
-    `serialized` and `report` endpoints, and (`from_4d`) `from_4d` (raw CT_4DPWI series in) where the channels
-    allow it."""
+    """An ExportArchive with the variables of every ensemble member and the `serving_default`, `serialized` and
+    `report` endpoints, and (`from_4d`) `from_4d` (raw CT_4DPWI series in) where the channels allow it.
+
+    Each endpoint's graph is traced once, here (`_single_trace_endpoint`); saving and the verification reuse it.
+    """
     archive = keras.export.ExportArchive()
     for model in segmenter.models:
-        archive.track(model)
-    archive.add_endpoint(signatures.SERVING_DEFAULT, segmenter.segment)
-    archive.add_endpoint(signatures.SERIALIZED, signatures.serialized_endpoint(segmenter))
-    archive.add_endpoint(signatures.REPORT, segmenter.report)
+        _track_variables(archive, model)
+    endpoints = {signatures.SERVING_DEFAULT: segmenter.segment,
+                 signatures.SERIALIZED: signatures.serialized_endpoint(segmenter),
+                 signatures.REPORT: segmenter.report}
     endpoint = signatures.from_4d_endpoint(segmenter) if from_4d else None
     if endpoint is not None:  # models reading only CT, CT_4DPWI and the maps
-        archive.add_endpoint(signatures.FROM_4D, endpoint)
+        endpoints[signatures.FROM_4D] = endpoint
+    for name, function in endpoints.items():
+        caller, input_signature = _single_trace_endpoint(function)
+        archive.add_endpoint(name, caller, input_signature=input_signature)
     return archive
+
+
+def _track_variables(archive: keras.export.ExportArchive, model: keras.Model) -> None:
+    """What `ExportArchive.track(model)` records for a Keras model (its variables, listed on the SavedModel's
+    root), without `track`'s walk over every layer's attributes in search of lookup tables (a StrokeNet holds
+    none): that walk also traces each member's default `serving_default` (a whole network) and is thrown away."""
+    if not model.built:
+        raise ValueError(f"{model.name}: the model must be built before export")
+    archive.variables.extend(model.variables)
+    archive.trainable_variables.extend(model.trainable_variables)
+    archive.non_trainable_variables.extend(model.non_trainable_variables)
+
+
+def _single_trace_endpoint(function: tf.types.experimental.GenericFunction):
+    """(caller, input signature) of a tf.function with an input signature, for `ExportArchive.add_endpoint`.
+
+    The caller calls `function`'s concrete function (traced now, or taken from its cache when the Segmenter has
+    run) under the same argument names. `tf.saved_model.save` traces the functions it saves again, because it
+    keys traces by its save context: handed `function` itself it would rebuild the whole graph (preprocessing,
+    every member's network, report) a second time; handed this caller it traces a single call of the graph
+    built here. The SavedModel holds that graph once, and the in-process `function` (what the verification
+    compares with) runs the very graph that was saved.
+    """
+    concrete = function.get_concrete_function()
+    specs = concrete.structured_input_signature[0]
+    if concrete.structured_input_signature[1] or not all(isinstance(spec, tf.TensorSpec) for spec in specs):
+        raise ValueError(f"{function.__name__}: expected an input signature of positional tensors")
+
+    def endpoint(*args, **kwargs):
+        return concrete(*args, **kwargs)
+
+    endpoint.__name__ = f"call_{function.__name__.lstrip('_')}"  # its trace: __inference_call_segment_<n>
+    endpoint.__signature__ = inspect.Signature(  # the SavedModel's argument and signature input names
+        [inspect.Parameter(spec.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for spec in specs])
+    return endpoint, [tf.TensorSpec(spec.shape, spec.dtype, name=spec.name) for spec in specs]
 
 
 def _tree_size_bytes(directory: str) -> int:
