@@ -57,7 +57,7 @@ def serialized_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental
     def parse(serialized: tf.Tensor) -> tf.Tensor:
         return tf.ensure_shape(tf.io.parse_tensor(serialized, tf.float32), case_spec.shape)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)  # no Python control flow
     def segment_serialized(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(parse, image_bytes, fn_output_signature=case_spec)
         return segmenter.segment(images)
@@ -81,9 +81,12 @@ def from_4d_endpoint(segmenter: inference.Segmenter) -> tf.types.experimental.Ge
     channels = tuple(segmenter.channels)
     image_spec = tf.TensorSpec([None, None, None, len(channels)], tf.float32)
 
+    # AutoGraph off: `image_from_4d` and `deconvolution.perfusion_maps` have no Python control flow that depends
+    # on a tensor, so the traced ops are the same; converting their source cost ~2-3 s of every export.
+    # (`segmenter.segment`, called inside, is its own tf.function and keeps its AutoGraph.)
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None, None], tf.float32),
                                   tf.TensorSpec([None, None, None, None], tf.float32),
-                                  tf.TensorSpec([None], tf.float32)])
+                                  tf.TensorSpec([None], tf.float32)], autograph=False)
     def segment_from_4d(series_hu: tf.Tensor, ct_hu: tf.Tensor, frame_interval_s: tf.Tensor) -> dict[str, tf.Tensor]:
         images, found = tf.map_fn(lambda case: perfusion_input.image_from_4d(*case, channels),
                                   (series_hu, ct_hu, frame_interval_s),
