@@ -235,6 +235,25 @@ def test_warmup_file_replays_through_the_loaded_signature(exported, segmenter):
                                rtol=0, atol=1e-5)
 
 
+def test_warmup_head_has_the_extent_and_value_ranges_of_isles_like_heads():
+    """The warmup phantom's brain spans what the ISLES-like heads of `data.synthesize` span at 256 x 256 (the box
+    the members run on, hence the shapes TF-Serving tunes), with maps only inside it and a lesion."""
+    channels = isles.DEFAULT_CHANNELS + (isles.PWI,)
+    image = warmup.synthetic_image(4, 256, channels, seed=3)
+    assert image.shape == (4, 256, 256, 6) and image.dtype == np.float32 and np.isfinite(image).all()
+    maps = image[..., 1:5]
+    brain = maps.sum(axis=-1) > 0
+    rows, cols = np.nonzero(brain.any(axis=0))
+    assert 175 <= rows.max() - rows.min() <= 200 and 150 <= cols.max() - cols.min() <= 175
+    assert (maps[brain] > 0).all() and not maps[~brain].any()
+    ct = image[..., 0]
+    assert ct.min() < -950 and ct.max() > 800 and 20 < np.median(ct[brain]) < 45
+    assert 0.03 < np.mean(image[..., 4][brain] > 6.0) < 0.5  # Tmax > 6 s: a hypoperfused territory
+    assert np.array_equal(image, warmup.synthetic_image(4, 256, channels, seed=3))
+    with pytest.raises(ValueError, match="cannot synthesise channel"):
+        warmup.synthetic_image(2, 32, (isles.CT, "DWI"))
+
+
 def test_version_names_follow_tf_serving(tmp_path):
     assert exporting.is_version_name("1") and exporting.is_version_name("007")
     assert not any(exporting.is_version_name(name) for name in

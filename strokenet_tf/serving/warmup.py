@@ -6,8 +6,9 @@ the warmup rather than by the first patient. The file is a TFRecord of `Predicti
 records), each holding a `PredictRequest` built by `client.build_predict_request`: the same kind of
 request the client sends.
 
-The volumes are synthetic ISLES-like heads (`data.synthesize`), not zeros: an empty brain mask would skip
-no op (the graph has no branches) but realistic values keep the replay representative.
+The volumes are synthetic ISLES-like heads (`synthetic_image`), not zeros: an empty brain mask would skip no op
+(the graph has no branches) but realistic values keep the replay representative, and the brain's in-plane extent
+decides the box the members run on (`preprocess.head_box`), hence the convolution shapes TF-Serving tunes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from strokenet_tf.data import isles, synthesis
+from strokenet_tf.data import isles
 from strokenet_tf.serving import client, signatures
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -28,18 +29,68 @@ DEFAULT_DEPTHS: tuple[int, ...] = (8,)
 DEFAULT_SIZE = 256
 
 
+# The brain's in-plane half-extent (rows, columns) and centre as fractions of the plane: those of the ISLES-like
+# heads of `data.synthesize` at 256 x 256 (brain rows 29-216, columns 42-203).
+_BRAIN_HALF_EXTENT = (0.367, 0.316)
+_BRAIN_CENTRE = (0.478, 0.479)
+# Tissue values in physical units, one row per tissue label: CT (HU), CBF (mL/100g/min), CBV (mL/100g), Tmax (s).
+# MTT = 60 CBV / CBF (central volume theorem).
+_WHITE, _GREY, _CSF, _PENUMBRA, _CORE = range(5)
+_TISSUE_VALUES = np.array([
+    [28.0, 22.0, 2.2, 3.0],  # white matter
+    [38.0, 55.0, 4.0, 2.0],  # grey matter
+    [8.0, 6.0, 1.0, 4.0],  # CSF
+    [33.0, 20.0, 4.4, 10.0],  # penumbra: Tmax > 6 s
+    [22.0, 7.0, 1.3, 18.0],  # core: hypodense, CBF and CBV low
+])
+_SYNTHETIC_CHANNELS = (isles.CT, isles.CBF, isles.CBV, isles.MTT, isles.TMAX, isles.PWI)
+
+
 def synthetic_image(depth: int, size: int, channels: Sequence[str], seed: int = 0) -> np.ndarray:
-    """A synthetic ISLES-like raw image float32 [depth, size, size, len(channels)] in physical units."""
-    rng = np.random.default_rng(seed)
-    case = synthesis.synthesize_case(rng, size=size, depths=(depth,), with_pwi=isles.PWI in channels)
-    maps = dict(case["maps"])
-    if isles.PWI in maps:
-        maps[isles.PWI] = maps[isles.PWI].max(axis=-1)  # the reader's default "max" summary
-    unknown = [name for name in channels if name not in maps]
+    """A synthetic ISLES-like raw image float32 [depth, size, size, len(channels)] in physical units.
+
+    A head phantom built with numpy in milliseconds: air (-1000 HU), scalp, skull and a brain of the extent of
+    the ISLES-like heads (`_BRAIN_HALF_EXTENT`), narrowing towards the top of the slab, with a grey-matter
+    ribbon, white matter, deep grey nuclei, ventricles, a few bright vessels and an MCA-territory lesion (core
+    inside penumbra); CBF, CBV, MTT and Tmax in their usual ranges inside the brain and 0 outside (the brain
+    mask of `preprocess`), CT_4DPWI as the reader's "max" summary (CT plus the bolus peak). `seed` varies the
+    noise, the outline and the lesion's side.
+    """
+    unknown = [name for name in channels if name not in _SYNTHETIC_CHANNELS]
     if unknown:
         raise ValueError(f"warmup: cannot synthesise channel(s) {', '.join(unknown)}")
-    image = np.stack([isles.nifti_to_network(np.asarray(maps[name], np.float32)) for name in channels], axis=-1)
-    return image.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    rows = (np.arange(size, dtype=np.float64) + 0.5)[:, None] / size - _BRAIN_CENTRE[0]
+    cols = (np.arange(size, dtype=np.float64) + 0.5)[None, :] / size - _BRAIN_CENTRE[1]
+    angle = np.arctan2(rows, cols)
+    outline = 1.0 + 0.025 * np.cos(3.0 * angle + rng.uniform(0, 2 * np.pi)) + 0.015 * np.cos(5.0 * angle)
+    lesion_angle = np.abs(np.arctan2(rows, cols if rng.random() < 0.5 else -cols))  # 0 towards the lesion's side
+    planes = []
+    for k in range(depth):
+        scale = 1.0 - 0.15 * (k / max(depth - 1, 1)) ** 2  # the brain narrows towards the vertex
+        r = np.hypot(rows / (_BRAIN_HALF_EXTENT[0] * scale), cols / (_BRAIN_HALF_EXTENT[1] * scale)) / outline
+        y, x = rows / scale, np.abs(cols / scale)
+        brain = r < 1.0
+        tissue = np.full((size, size), _WHITE)
+        tissue[(r > 0.80) | (np.hypot(y / 0.08, (x - 0.09) / 0.04) < 1.0)] = _GREY  # cortex, deep nuclei
+        tissue[(np.hypot((y + 0.02) / 0.10, (x - 0.035) / 0.022) < 1.0) | (r > 0.96)] = _CSF  # ventricles, sulci
+        territory = brain & (lesion_angle < 0.75) & (r > 0.25)
+        tissue[territory] = _PENUMBRA
+        tissue[territory & (lesion_angle < 0.4) & (r > 0.45) & (r < 0.95)] = _CORE
+        ct, cbf, cbv, tmax = np.moveaxis(_TISSUE_VALUES[tissue], -1, 0)
+        vessels = brain & (rng.random((size, size)) < 0.015)
+        cbf, cbv = np.where(vessels, 8.0 * cbf, cbf), np.where(vessels, 8.0 * cbv, cbv)
+        cbf, cbv, tmax = [np.where(brain, value * rng.lognormal(0.0, 0.15, (size, size)), 0.0)
+                          for value in (cbf, cbv, tmax)]
+        mtt = np.where(brain, np.clip(60.0 * cbv / np.maximum(cbf, 1e-3), 0.5, 40.0), 0.0)
+        skull = ~brain & (r < 1.09)
+        scalp = ~brain & (r >= 1.09) & (r < 1.14)
+        ct = np.where(brain, ct, np.where(skull, 1100.0 + 250.0 * np.cos(4.0 * angle), np.where(scalp, 40.0, -1000.0)))
+        ct = ct + rng.normal(0.0, 4.0, (size, size))
+        maps = {isles.CT: ct, isles.CBF: cbf, isles.CBV: cbv, isles.MTT: mtt, isles.TMAX: tmax,
+                isles.PWI: ct + np.where(brain, 10.0 * cbv, 0.0)}
+        planes.append(np.stack([maps[name] for name in channels], axis=-1))
+    return np.stack(planes).astype(np.float32)
 
 
 def warmup_images(channels: Sequence[str], depths: Sequence[int] = DEFAULT_DEPTHS,
