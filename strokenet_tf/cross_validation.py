@@ -93,8 +93,8 @@ def run_fold(config: CrossValidationConfig, fold: int, warn=lambda message: None
             "threshold_baseline": _threshold_baseline(fold_config)}
     # Out-of-fold probabilities (mirrored, as the ensemble predicts) for the calibration; kept before the summary
     # marks the fold finished.
-    calibration.write_out_of_fold(eval_dir, inference.Segmenter.from_run(
-        fold_config.model_dir, config.eval_model_source, mirror=True), case_dirs)
+    calibration.write_out_of_fold(eval_dir, inference.Segmenter.from_trained(segmenter.trained, mirror=True),
+                                  case_dirs)
     evaluation.write_outputs(eval_dir, rows, summary, info)
     return _read_json(str(summary_path))
 

@@ -273,7 +273,12 @@ class Segmenter(tf.Module, _CasePredictor):
     def from_run(cls, path: str, source: str = "best", threshold: float = DEFAULT_THRESHOLD,
                  mirror: bool = False, calibration=None) -> "Segmenter":
         """A Segmenter for a training run folder or `.keras` file (see `load_run`)."""
-        trained = load_run(path, source)
+        return cls.from_trained(load_run(path, source), threshold, mirror=mirror, calibration=calibration)
+
+    @classmethod
+    def from_trained(cls, trained: "TrainedModel", threshold: float = DEFAULT_THRESHOLD, mirror: bool = False,
+                     calibration=None) -> "Segmenter":
+        """A Segmenter for a loaded run (`load_run`), e.g. a second view of the same model with mirroring."""
         segmenter = cls(trained.model, trained.channels, trained.multiples, threshold, mirror=mirror,
                         calibration=calibration)
         segmenter.trained = trained
