@@ -254,6 +254,20 @@ def test_warmup_head_has_the_extent_and_value_ranges_of_isles_like_heads():
         warmup.synthetic_image(2, 32, (isles.CT, "DWI"))
 
 
+def test_verification_refuses_other_weights_and_restores_the_graph_optimizer(exported, run_dir):
+    """verify_export (run with grappler off on both sides) still tells a SavedModel from a Segmenter with other
+    weights, and leaves the optimizer setting as it found it."""
+    version_dir = exported[1]
+    other = inference.Segmenter.from_run(run_dir)
+    for variable in other.model.trainable_variables:
+        variable.assign(np.asarray(variable) * 1.5 + 0.01)
+    with pytest.raises(exporting.ExportError, match="differs from the Segmenter"):
+        exporting.verify_export(version_dir, other)
+    assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    assert exporting.verify_export(version_dir, inference.Segmenter.from_run(run_dir)) <= exporting.PROBABILITY_TOLERANCE
+    assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+
+
 def test_version_names_follow_tf_serving(tmp_path):
     assert exporting.is_version_name("1") and exporting.is_version_name("007")
     assert not any(exporting.is_version_name(name) for name in

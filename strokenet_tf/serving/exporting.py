@@ -23,6 +23,7 @@ result.version_dir   # 'exports/strokenet/1'
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -250,10 +251,31 @@ def verify_export(version_dir: str, segmenter: inference.Segmenter,
     Replays the warmup file through `serving_default` (or `fallback_images` when there is none) and one
     down-sampled image through `serialized`. Returns the largest |probability difference|.
 
+    Both sides run with TensorFlow's graph optimiser (grappler) off (`_graph_optimizer_off`): the check is that
+    the saved graphs and weights are the in-process ones, and optimising each function before its first (and
+    only) call here took half of the check's time; TF-Serving optimises the saved graphs as before.
+
     Raises:
         ExportError: a missing signature, another dtype/shape, any mask voxel or a probability beyond
             `PROBABILITY_TOLERANCE` that differs.
     """
+    with _graph_optimizer_off():
+        return _verify_loaded(version_dir, segmenter, fallback_images)
+
+
+@contextlib.contextmanager
+def _graph_optimizer_off():
+    """Functions first run inside run unoptimised; the setting (part of each call's configuration, so a function
+    run again afterwards is optimised as usual) is restored on exit."""
+    disabled = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": disabled})
+
+
+def _verify_loaded(version_dir: str, segmenter: inference.Segmenter, fallback_images: Sequence[np.ndarray]) -> float:
     loaded = tf.saved_model.load(version_dir)
     missing = [name for name in signatures.EXPORTED_SIGNATURES if name not in loaded.signatures]
     if missing:
