@@ -60,14 +60,19 @@ def _kernel_table(aif_key: tuple, frames: int) -> np.ndarray:
     return curves.reshape(m.shape + (frames,)).astype(np.float32)
 
 
-def _kernels(aif: np.ndarray, mtt: np.ndarray, dispersion: np.ndarray, delay: np.ndarray):
-    """Per-voxel kernels [N, T] and the MTT and dispersion they stand for (grid values when read from the table).
+_VOXEL_CHUNK = 32768  # voxels per block when adding the kernels into the series ([chunk, T] float32: a few MB)
 
-    Fewer voxels than table entries (tiny test slabs) are computed directly.
+
+def _kernels(aif: np.ndarray, mtt: np.ndarray, dispersion: np.ndarray, delay: np.ndarray):
+    """Per-voxel kernels and the MTT and dispersion they stand for (grid values when read from the table).
+
+    The kernels come as a function of a slice of the voxels ([n, T] float32), so a caller can take them a
+    block at a time (`_add_kernels`). Fewer voxels than table entries (tiny test slabs) are computed directly.
     """
     if mtt.size < _MTT_GRID.size * _DISPERSION_GRID.size * (_MAX_DELAY_S / _DELAY_STEP_S + 1):
-        kernels = tracer.tissue_curves(aif, 1.0, np.ones(mtt.size, np.float32), mtt, delay, dispersion)
-        return kernels.astype(np.float32), mtt.astype(np.float32), dispersion.astype(np.float32)
+        direct = tracer.tissue_curves(aif, 1.0, np.ones(mtt.size, np.float32), mtt, delay, dispersion)
+        direct = direct.astype(np.float32)
+        return (lambda part: direct[part]), mtt.astype(np.float32), dispersion.astype(np.float32)
     table = _kernel_table(tuple(np.round(aif, 4).tolist()), aif.size)
     mi = np.clip(np.rint(np.interp(np.log(mtt), np.log(_MTT_GRID), np.arange(_MTT_GRID.size))), 0, _MTT_GRID.size - 1)
     di = np.clip(np.rint(dispersion / _DISPERSION_GRID[1]), 0, _DISPERSION_GRID.size - 1)
@@ -75,26 +80,57 @@ def _kernels(aif: np.ndarray, mtt: np.ndarray, dispersion: np.ndarray, delay: np
     low = position.astype(np.int64)
     weight = (position - low)[:, None].astype(np.float32)
     mi, di = mi.astype(np.int64), di.astype(np.int64)
-    kernels = table[mi, di, low] * (1 - weight) + table[mi, di, low + 1] * weight
+    rows = table.reshape(-1, table.shape[3])  # table[m, d, k] is row (m * dispersions + d) * delays + k
+    first = (mi * table.shape[1] + di) * table.shape[2] + low
+
+    def kernels(part: slice) -> np.ndarray:  # linear in the delay between its two table neighbours
+        w = weight[part]
+        return rows[first[part]] * (1 - w) + rows[first[part] + 1] * w
+
     return kernels, _MTT_GRID[mi], _DISPERSION_GRID[di]
 
 
+def _add_kernels(series: np.ndarray, voxels: np.ndarray, kernels, cbf: np.ndarray) -> None:
+    """series[v] += kernel * CBF for the distinct flat voxel indices `voxels` of series [..., T], in blocks."""
+    rows = series.reshape(-1, series.shape[-1])
+    for start in range(0, voxels.size, _VOXEL_CHUNK):
+        part = slice(start, start + _VOXEL_CHUNK)
+        rows[voxels[part]] += kernels(part) * cbf[part][:, None]
+
+
 def _grainy_noise(rng: np.random.Generator, shape, std: float, grain_px: float) -> np.ndarray:
-    """Gaussian noise of the given std, correlated in-plane (axes 1 and 2) by a 3-tap kernel of width grain_px."""
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    if grain_px > 0.2:
-        side = np.float32(np.exp(-0.5 / grain_px**2))
-        for axis in (1, 2):
-            smoothed = noise.copy()
-            low = [slice(None)] * noise.ndim
-            high = [slice(None)] * noise.ndim
-            low[axis], high[axis] = slice(0, -1), slice(1, None)
-            smoothed[tuple(high)] += side * noise[tuple(low)]
-            smoothed[tuple(low)] += side * noise[tuple(high)]
-            noise = smoothed
-        noise *= np.float32(1.0 / (1.0 + 2.0 * side * side))  # unit variance again (per axis: 1 + 2 side^2)
-    noise *= np.float32(std)
+    """Gaussian noise of the given std, correlated in-plane (axes 1 and 2) by a 3-tap kernel of width grain_px.
+
+    Drawn and filtered in place one slice (axis 0) at a time: the same numbers as drawing the whole array at
+    once and filtering it whole, without full-size temporaries.
+    """
+    noise = np.empty(shape, np.float32)
+    side = np.float32(np.exp(-0.5 / grain_px**2)) if grain_px > 0.2 else None
+    if side is not None:
+        work, term = np.empty(shape[1:], np.float32), np.empty(shape[1:], np.float32)
+        unit = np.float32(1.0 / (1.0 + 2.0 * side * side))  # unit variance again (per axis: 1 + 2 side^2)
+    for layer in noise:
+        rng.standard_normal(dtype=np.float32, out=layer)
+        if side is not None:
+            for axis in (0, 1):  # axes 1 and 2 of the volume
+                _three_taps(layer, side, axis, work, term)
+            layer *= unit
+        layer *= np.float32(std)
     return noise
+
+
+def _three_taps(values: np.ndarray, side: np.float32, axis: int, work: np.ndarray, term: np.ndarray) -> None:
+    """In place along `axis`: v[i] <- (v[i] + side v[i-1]) + side v[i+1] (a missing neighbour is left out)."""
+    def along(part: slice) -> tuple:
+        return (slice(None),) * axis + (part,)
+
+    low, high, first, last = along(slice(0, -1)), along(slice(1, None)), along(slice(0, 1)), along(slice(-1, None))
+    np.multiply(values[low], side, out=term[high])
+    np.add(values[high], term[high], out=work[high])
+    work[first] = values[first]
+    np.multiply(values[high], side, out=term[low])
+    np.add(work[low], term[low], out=values[low])
+    values[last] = work[last]
 
 
 def acquire(rng: np.random.Generator, head: dict, fields: dict, centre: Centre, patient: dict | None = None) -> dict:
@@ -139,7 +175,7 @@ def acquire(rng: np.random.Generator, head: dict, fields: dict, centre: Centre, 
                                                    np.clip(delay[index], 0.0, _MAX_DELAY_S))
     noise_std = float(rng.uniform(*centre.frame_noise_hu))
     series = _grainy_noise(rng, shape + (frames,), noise_std, centre.grain_px)
-    series[index] += kernels * cbf[index][:, None]
+    _add_kernels(series, np.flatnonzero(perfused), kernels, cbf[index])
     truth = {"cbf": cbf * perfused, "mtt": np.zeros(shape, np.float32), "delay": delay * perfused,
              "tmax": np.zeros(shape, np.float32)}
     truth["mtt"][index] = mtt_grid
