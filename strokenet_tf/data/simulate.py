@@ -73,9 +73,14 @@ def vendor_maps(series: np.ndarray, aif: np.ndarray, slab: anatomy.Slab, centre:
     """CBF, CBV, MTT, Tmax as a scanner makes them: the vendor's in-plane filter on the series, deconvolution
     (`strokenet_tf.perfusion.deconvolution`), the vendor's map smoothing, 0 outside the brain mask."""
     inplane = [centre.series_smoothing_mm / slab.spacing_mm[1], centre.series_smoothing_mm / slab.spacing_mm[2]]
-    filtered = ndimage.gaussian_filter1d(series, inplane[0], axis=1, truncate=2.5)
-    filtered = ndimage.gaussian_filter1d(filtered, inplane[1], axis=2, truncate=2.5)
+    filtered = np.empty_like(series)
+    plane = np.empty(series.shape[1:], series.dtype)
+    for depth, layer in enumerate(series):  # slice by slice: one full-size output, the same lines filtered
+        ndimage.gaussian_filter1d(layer, inplane[0], axis=0, truncate=2.5, output=plane)
+        ndimage.gaussian_filter1d(plane, inplane[1], axis=1, truncate=2.5, output=filtered[depth])
+    del plane
     result = _deconvolve_graph()(filtered, (aif * 0.6).astype(np.float32))
+    del filtered
     maps = {key: np.asarray(result[key], np.float32) for key in ("cbf", "cbv", "mtt", "tmax")}
     mask = np.asarray(result["brain_mask"], bool)
     if centre.map_smoothing_mm > 0:
@@ -131,16 +136,19 @@ def simulate_case(
         if LABEL_VOLUME_RANGE_ML[0] <= volume_ml <= LABEL_VOLUME_RANGE_ML[1]:
             break
     acquisition = scanner.acquire(rng, head, fields, centre, lesion["params"])
-    maps = vendor_maps(acquisition["series"], acquisition["aif"], slab, centre)
+    series = acquisition.pop("series")
+    maps = vendor_maps(series, acquisition["aif"], slab, centre)
     vendor_scale = {isles.CBF: float(centre.vendor_scale[0] * rng.uniform(0.9, 1.1)),
                     isles.CBV: float(centre.vendor_scale[1] * rng.uniform(0.9, 1.1))}
     to_nifti = isles.network_to_nifti
     out = {isles.CT: acquisition["ct"], isles.CBF: maps["cbf"], isles.CBV: maps["cbv"], isles.MTT: maps["mtt"],
            isles.TMAX: maps["tmax"], isles.LABEL: label.astype(np.uint8)}
     out = {m: to_nifti(v) for m, v in out.items()}
-    if with_pwi:
-        series = np.clip(np.rint(acquisition["series"]), -1024, 3071).astype(np.int16)
-        out[isles.PWI] = np.transpose(series, (2, 1, 0, 3))
+    if with_pwi:  # rounded and clipped in place: no full-size temporaries
+        np.rint(series, out=series)
+        np.clip(series, -1024, 3071, out=series)
+        out[isles.PWI] = np.transpose(series.astype(np.int16), (2, 1, 0, 3))
+    del series
     truth = dict(acquisition["truth"])
     truth["core"] = (fields["core"] > pathology.CORE_SEVERITY).astype(np.uint8)
     truth["vessel"] = np.clip(fields["artery"] + fields["vein"], 0, 1).astype(np.float32)  # hot spots in the maps

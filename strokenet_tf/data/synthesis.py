@@ -65,9 +65,9 @@ def synthesize_case(
 def _stored(modality: str, volume: np.ndarray, storage: str, vendor_scale: dict) -> np.ndarray:
     """Array as written: float32 physical units, or the dtypes and vendor scales of the ISLES archives."""
     if modality == isles.LABEL:
-        return volume.astype(np.uint8)
+        return volume.astype(np.uint8, copy=False)
     if modality == isles.PWI:
-        return volume.astype(np.int16)
+        return volume.astype(np.int16, copy=False)
     if storage == "physical":
         return volume.astype(np.float32)
     if modality == isles.CT:
