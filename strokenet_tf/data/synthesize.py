@@ -69,6 +69,7 @@ def main(argv: Sequence[str]) -> None:
     cli.reject_arguments(TOOL, argv)
     try:
         config = config_from_flags(flags.FLAGS)
+        synthesis.keep_freed_memory()  # this process only synthesizes
         case_dirs = synthesis.run(config)
     except (app.UsageError, ValueError) as error:  # bad flag values, a folder this generator did not write
         cli.fail(TOOL, error, flag_names=FLAG_NAMES)
