@@ -86,12 +86,21 @@ def load_template() -> Template:
     solid = ndimage.binary_opening(ndimage.binary_fill_holes(solid), iterations=1)
     outside_mm = ndimage.distance_transform_edt(~solid).astype(np.float32) * 2 * TEMPLATE_STEP_MM
     zoom = [n / c for n, c in zip(gm.shape, solid.shape)]
-    outside_mm = np.clip(ndimage.zoom(outside_mm, zoom, order=1)[: gm.shape[0], : gm.shape[1], : gm.shape[2]] - 1.0,
-                         0.0, None)
-    envelope = np.maximum(np.clip(1.0 - outside_mm, 0.0, 1.0), np.clip(tissue, 0.0, 1.0))
-    csf = np.clip(envelope - tissue, 0.0, 1.0)
-    stack = np.stack([gm, wm, csf, outside_mm], axis=-1)
-    stack = ndimage.gaussian_filter1d(stack, SLICE_PROFILE_SIGMA_MM / TEMPLATE_STEP_MM, axis=2, mode="nearest")
+    outside_mm = ndimage.zoom(outside_mm, zoom, order=1)[: gm.shape[0], : gm.shape[1], : gm.shape[2]]
+    outside_mm -= 1.0
+    np.clip(outside_mm, 0.0, None, out=outside_mm)
+    # In place, the same arithmetic: envelope = max(clip(1 - outside, 0, 1), clip(tissue, 0, 1)), csf = clip(envelope
+    # - tissue, 0, 1).
+    csf = np.subtract(1.0, outside_mm, dtype=np.float32)
+    np.clip(csf, 0.0, 1.0, out=csf)
+    np.maximum(csf, np.clip(tissue, 0.0, 1.0), out=csf)
+    csf -= tissue
+    np.clip(csf, 0.0, 1.0, out=csf)
+    # Each channel is blurred along z straight into its place in the stack (the same lines as blurring the stack).
+    stack = np.empty(gm.shape + (len(CHANNELS),), np.float32)
+    for c, channel in enumerate((gm, wm, csf, outside_mm)):
+        ndimage.gaussian_filter1d(channel, SLICE_PROFILE_SIGMA_MM / TEMPLATE_STEP_MM, axis=2, mode="nearest",
+                                  output=stack[..., c])
     return Template(stack=np.ascontiguousarray(stack, dtype=np.float32), affine=images["gm"].affine.astype(np.float64))
 
 
