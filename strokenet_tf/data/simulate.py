@@ -69,14 +69,18 @@ def _deconvolve_graph():
         tf.TensorSpec([None, None, None, None], tf.float32), tf.TensorSpec([None], tf.float32)])
 
 
-def vendor_maps(series: np.ndarray, aif: np.ndarray, slab: anatomy.Slab, centre: scanner.Centre) -> dict:
+def vendor_maps(series: np.ndarray, aif: np.ndarray, slab: anatomy.Slab, centre: scanner.Centre,
+                overwrite: bool = False) -> dict:
     """CBF, CBV, MTT, Tmax as a scanner makes them: the vendor's in-plane filter on the series, deconvolution
-    (`strokenet_tf.perfusion.deconvolution`), the vendor's map smoothing, 0 outside the brain mask."""
+    (`strokenet_tf.perfusion.deconvolution`), the vendor's map smoothing, 0 outside the brain mask.
+
+    With `overwrite`, the filtered series replaces `series` (no second full-size array).
+    """
     inplane = [centre.series_smoothing_mm / slab.spacing_mm[1], centre.series_smoothing_mm / slab.spacing_mm[2]]
-    filtered = np.empty_like(series)
+    filtered = series if overwrite else np.empty_like(series)
     plane = np.empty(series.shape[1:], series.dtype)
-    for depth, layer in enumerate(series):  # slice by slice: one full-size output, the same lines filtered
-        ndimage.gaussian_filter1d(layer, inplane[0], axis=0, truncate=2.5, output=plane)
+    for depth in range(series.shape[0]):  # slice by slice: the same lines filtered as filtering the whole series
+        ndimage.gaussian_filter1d(series[depth], inplane[0], axis=0, truncate=2.5, output=plane)
         ndimage.gaussian_filter1d(plane, inplane[1], axis=1, truncate=2.5, output=filtered[depth])
     del plane
     result = _deconvolve_graph()(filtered, (aif * 0.6).astype(np.float32))
@@ -91,6 +95,17 @@ def vendor_maps(series: np.ndarray, aif: np.ndarray, slab: anatomy.Slab, centre:
     maps = {k: (np.clip(v, 0.0, limits[k]) * mask).astype(np.float32) for k, v in maps.items()}
     maps["manual_aif"] = bool(result["aif_manual"])
     return maps
+
+
+def _stored_series(series: np.ndarray) -> np.ndarray:
+    """The series as CT_4DPWI holds it: HU rounded, clipped to [-1024, 3071], int16 (a slice at a time)."""
+    stored = np.empty(series.shape, np.int16)
+    plane = np.empty(series.shape[1:], series.dtype)
+    for depth in range(series.shape[0]):
+        np.rint(series[depth], out=plane)
+        np.clip(plane, -1024, 3071, out=plane)
+        stored[depth] = plane
+    return stored
 
 
 def simulate_case(
@@ -137,18 +152,17 @@ def simulate_case(
             break
     acquisition = scanner.acquire(rng, head, fields, centre, lesion["params"])
     series = acquisition.pop("series")
-    maps = vendor_maps(series, acquisition["aif"], slab, centre)
+    pwi = _stored_series(series) if with_pwi else None  # before the vendor filter overwrites the series
+    maps = vendor_maps(series, acquisition["aif"], slab, centre, overwrite=True)
+    del series
     vendor_scale = {isles.CBF: float(centre.vendor_scale[0] * rng.uniform(0.9, 1.1)),
                     isles.CBV: float(centre.vendor_scale[1] * rng.uniform(0.9, 1.1))}
     to_nifti = isles.network_to_nifti
     out = {isles.CT: acquisition["ct"], isles.CBF: maps["cbf"], isles.CBV: maps["cbv"], isles.MTT: maps["mtt"],
            isles.TMAX: maps["tmax"], isles.LABEL: label.astype(np.uint8)}
     out = {m: to_nifti(v) for m, v in out.items()}
-    if with_pwi:  # rounded and clipped in place: no full-size temporaries
-        np.rint(series, out=series)
-        np.clip(series, -1024, 3071, out=series)
-        out[isles.PWI] = np.transpose(series.astype(np.int16), (2, 1, 0, 3))
-    del series
+    if pwi is not None:
+        out[isles.PWI] = np.transpose(pwi, (2, 1, 0, 3))
     truth = dict(acquisition["truth"])
     truth["core"] = (fields["core"] > pathology.CORE_SEVERITY).astype(np.uint8)
     truth["vessel"] = np.clip(fields["artery"] + fields["vein"], 0, 1).astype(np.float32)  # hot spots in the maps
