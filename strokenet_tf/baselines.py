@@ -93,45 +93,64 @@ def rapid_core_of_case(case) -> np.ndarray | None:
                       np.sum(maps, axis=0) > 0)
 
 
-def _dice_curves(cases: Sequence, brains: Sequence[np.ndarray], index: int,
-                 thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class SortedValues:
+    """One case's brain voxel values per channel, sorted, and those of its lesion voxels (what a threshold fit
+    reads); made once per case by `sorted_values` and reusable by several fits (e.g. the folds of a split)."""
+
+    brain: tuple[np.ndarray, ...]
+    lesion: tuple[np.ndarray, ...]
+    lesion_total: int
+
+
+def sorted_values(case) -> SortedValues:
+    """`SortedValues` of a labelled `preprocess.PreparedCase`."""
+    brain = _brain(case.image)
+    lesion = brain & (case.label > 0)
+    channels = range(case.image.shape[-1])
+    return SortedValues(tuple(np.sort(case.image[..., i][brain]) for i in channels),
+                        tuple(np.sort(case.image[..., i][lesion]) for i in channels),
+                        int(np.count_nonzero(case.label)))
+
+
+def _dice_curves(values: Sequence[SortedValues], index: int, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean Dice over cases of "below t" and "above t" for every t, from sorted values (no mask per threshold).
 
     For one case: predicted(t) = brain voxels below t, true positives(t) = lesion voxels among them, and
     Dice = 2 TP / (predicted + lesion voxels); "above" uses the complementary counts (strictly above t).
     """
     below, above = np.zeros(len(thresholds)), np.zeros(len(thresholds))
-    for case, brain in zip(cases, brains):
-        values = case.image[..., index]
-        brain_values = np.sort(values[brain])
-        lesion_values = np.sort(values[brain & (case.label > 0)])
-        lesion_total = int(np.count_nonzero(case.label))
+    for case in values:
+        brain_values, lesion_values = case.brain[index], case.lesion[index]
         predicted_below = np.searchsorted(brain_values, thresholds, side="left")
         hits_below = np.searchsorted(lesion_values, thresholds, side="left")
         predicted_above = len(brain_values) - np.searchsorted(brain_values, thresholds, side="right")
         hits_above = len(lesion_values) - np.searchsorted(lesion_values, thresholds, side="right")
         for total, predicted, hits in ((below, predicted_below, hits_below), (above, predicted_above, hits_above)):
-            denominator = predicted + lesion_total
+            denominator = predicted + case.lesion_total
             # Both empty: Dice 1, as `metrics.dice` scores it.
             total += np.where(denominator > 0, 2.0 * hits / np.maximum(denominator, 1), 1.0)
-    return below / len(cases), above / len(cases)
+    return below / len(values), above / len(values)
 
 
-def fit_threshold_rule(cases: Sequence, channels: Sequence[str]) -> ThresholdRule:
+def fit_threshold_rule(cases: Sequence, channels: Sequence[str],
+                       values: Sequence[SortedValues] | None = None) -> ThresholdRule:
     """The rule with the best mean Dice over `cases` (`preprocess.PreparedCase` with labels).
+
+    `values`: the cases' `sorted_values`, when already made (several fits over overlapping cases).
 
     Raises:
         ValueError: no cases, or cases without labels.
     """
     if not cases or any(case.label is None for case in cases):
         raise ValueError("fit_threshold_rule needs labelled cases")
+    values = [sorted_values(case) for case in cases] if values is None else list(values)
     best = ThresholdRule(channels[0], "below", -np.inf, -1.0)
     quantiles = np.linspace(0.5, 99.5, NUM_THRESHOLDS)
-    brains = [_brain(case.image) for case in cases]
     for index, channel in enumerate(channels):
-        pooled = np.concatenate([case.image[..., index][brain] for case, brain in zip(cases, brains)])
+        pooled = np.concatenate([case.brain[index] for case in values])
         thresholds = np.unique(np.percentile(pooled, quantiles))
-        for direction, curve in zip(("below", "above"), _dice_curves(cases, brains, index, thresholds)):
+        for direction, curve in zip(("below", "above"), _dice_curves(values, index, thresholds)):
             position = int(np.argmax(curve))
             if curve[position] > best.train_dice:
                 best = ThresholdRule(channel, direction, float(thresholds[position]), float(curve[position]))

@@ -56,10 +56,12 @@ def difficulty_report(data_dir: str, split: str = "TRAINING", num_folds: int = 5
         }
     prepared = {case.case_id: preprocess.prepare_case(case) for case in cases}
     ids = list(prepared)
+    values = {case_id: baselines.sorted_values(case) for case_id, case in prepared.items()}  # once for all folds
     rules = []
     for fold in range(num_folds):
         train_ids, held_ids = folds.split_folds(ids, num_folds, fold, seed)
-        rule = baselines.fit_threshold_rule([prepared[i] for i in train_ids], channels)
+        rule = baselines.fit_threshold_rule([prepared[i] for i in train_ids], channels,
+                                            [values[i] for i in train_ids])
         rules.append(rule.describe())
         for case_id in held_ids:
             case = prepared[case_id]
