@@ -15,10 +15,10 @@ The command is `python -m strokenet_tf.data.synthesize`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from strokenet_tf import errors
-from strokenet_tf.data import isles, pathology, scanner, simulate
+from strokenet_tf.data import anatomy, isles, pathology, scanner, simulate
 
 DEFAULT_DEPTHS: tuple[int, ...] = simulate.DEFAULT_DEPTHS
 STORAGES: tuple[str, ...] = ("physical", "isles")
@@ -126,26 +126,38 @@ def write_case(
     return written
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt parameters
 
 
 def keep_freed_memory() -> None:
     """Makes this process reuse the memory it frees for its next arrays (glibc malloc; elsewhere a no-op).
 
-    glibc gives each large block (over its mmap threshold, at most 32 MB) fresh pages and returns them when
-    it is freed, so each case's series (100-300 MB), its temporaries and TensorFlow's tensors would be
-    page-faulted and zeroed by the kernel again, case after case: a large share of the time, as system time.
-    Served from the heap, which is not trimmed, the pages are reused. The process then holds on to its peak
-    memory (~3 GB for 256 x 256 x 22 slabs) until it ends, so only processes that only synthesize call this:
-    the `synthesize` command and `write_dataset`'s pool workers.
+    glibc gives each large block (over its mmap threshold, at most 32 MB; in a thread's own arena, over 64 MB)
+    fresh pages and returns them when it is freed, so each case's series (100-300 MB), its temporaries and
+    TensorFlow's tensors would be page-faulted and zeroed by the kernel again, case after case: a large share
+    of the time, as system time. Served from the one main heap, which is not trimmed, the pages are reused.
+    The process then holds on to its peak memory until it ends, so only a process that only synthesizes calls
+    this (the `synthesize` command), before it starts threads.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, TypeError):  # not glibc (or no C library to load)
         return
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(_M_ARENA_MAX, 1)
     mallopt(_M_MMAP_MAX, 0)
     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def _load_shared(size: int) -> None:
+    """Loads once what every case uses, before worker threads share it: the traced deconvolution graph (importing
+    TensorFlow, mostly Python) in one thread while the template is derived (mostly numpy and scipy) in this one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        graph = pool.submit(simulate._deconvolve_graph)
+        anatomy.load_template()
+        if size > 256 / 2.5:  # the slab's in-plane spacing (<= 256 / size mm) takes the fine pathology grid
+            pathology.coarse_anatomy(pathology.FINE_STEP_MM)
+        graph.result()
 
 
 def case_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -201,7 +213,7 @@ def write_dataset(
 
     Each case is written to a hidden temporary folder and renamed into place. An existing case folder
     is replaced only when it holds the marker of a synthetic case, so a real dataset is never touched.
-    `workers` > 1 makes cases in that many processes (the result is the same).
+    `workers` > 1 makes cases in that many threads (the result is the same).
 
     Returns:
         The case folders.
@@ -232,9 +244,15 @@ def write_dataset(
                "lesion_types": lesion_types, "storage": storage, "compress": compress, "with_truth": with_truth}
     jobs = [(split_dir, index, seed, split, options) for index in indices]
     if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-        with context.Pool(min(workers, len(jobs)), initializer=keep_freed_memory) as pool:
-            results = pool.map(_write_one, jobs, chunksize=1)
+        # Threads of this process: TensorFlow, its traced graph and the template are loaded once and shared (as
+        # processes, each worker spent seconds on them), and the heavy steps (TensorFlow, scipy.ndimage, numpy on
+        # whole slabs, writing) run without the GIL.
+        _load_shared(size)
+        pool = concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs)))
+        try:
+            results = list(pool.map(_write_one, jobs))
+        finally:  # after an error or Ctrl-C no further case starts; those under way finish (their folders stay whole)
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         results = [_write_one(job) for job in jobs]
     for case_dir, volume_ml, depth, seconds in results:

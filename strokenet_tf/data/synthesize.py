@@ -45,7 +45,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       f"{','.join(pathology.LESION_TYPE_NAMES)}).", flag_values=flag_values)
     flags.DEFINE_boolean("write_truth", False, "Also write the true maps under each case's hidden .truth/ folder.",
                          flag_values=flag_values)
-    flags.DEFINE_integer("workers", 1, "Processes making cases in parallel (the cases are the same).", lower_bound=1,
+    flags.DEFINE_integer("workers", 1, "Threads making cases in parallel (the cases are the same).", lower_bound=1,
                          flag_values=flag_values)
     flags.mark_flag_as_required("output_dir", flag_values=flag_values)
     cli.define_old_names(flag_values, TOOL, {"no_pwi": "pwi"}, inverted=("no_pwi",))
