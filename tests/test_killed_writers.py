@@ -125,9 +125,12 @@ def _export_jobs(setting, prefix: str, with_hooks: bool) -> list[fork_runner.Job
         points.append((f"random_{k}", hook, ()))
     for name, hook, flags in points:
         base = setting["root"] / "exports" / name
+        # Verification (reload, compare, replay the warmup: ~half an export) runs where it is killed and in the
+        # random kills; the other points are in the publishing that follows it, which it does not change.
+        verify = with_hooks and (name == "verifying" or name.startswith("random_"))
         jobs.append(fork_runner.Job(f"{prefix}-export-{name}", "strokenet_tf.export",
                                     [f"--model={setting['run']}", f"--export_base={base}", *EXPORT_ARGS, *flags,
-                                     *([] if with_hooks else ["--noverify"])],  # verification is killed above
+                                     *([] if verify else ["--noverify"])],
                                     DIE + hook if with_hooks else ""))
     return jobs
 
