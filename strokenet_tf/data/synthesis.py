@@ -150,14 +150,13 @@ def keep_freed_memory() -> None:
 
 
 def _load_shared(size: int) -> None:
-    """Loads once what every case uses, before worker threads share it: the traced deconvolution graph (importing
-    TensorFlow, mostly Python) in one thread while the template is derived (mostly numpy and scipy) in this one."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        graph = pool.submit(simulate._deconvolve_graph)
-        anatomy.load_template()
-        if size > 256 / 2.5:  # the slab's in-plane spacing (<= 256 / size mm) takes the fine pathology grid
-            pathology.coarse_anatomy(pathology.FINE_STEP_MM)
-        graph.result()
+    """Loads what every case uses once, before worker threads share it: the template, the pathology atlas and
+    the traced deconvolution graph (one after the other: importing TensorFlow in a thread of its own while
+    the template is derived is slower, the two contending for the GIL)."""
+    anatomy.load_template()
+    if size > 256 / 2.5:  # the slab's in-plane spacing (<= 256 / size mm) takes the fine pathology grid
+        pathology.coarse_anatomy(pathology.FINE_STEP_MM)
+    simulate._deconvolve_graph()
 
 
 def case_rng(seed: int, split: str, index: int) -> np.random.Generator:
