@@ -149,6 +149,21 @@ def keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
 
 
+def one_blas_thread() -> None:
+    """Makes numpy's BLAS (OpenBLAS) use one thread in this process, if threadpoolctl is installed (nilearn's
+    scikit-learn brings it).
+
+    BLAS serves only the small [N, 3] x [3, 3] point transforms here, whose results are the same either way;
+    its second thread mostly spun waiting for work, taking CPU from the cases' threads. Like
+    `keep_freed_memory`, only for a process that only synthesizes.
+    """
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
 def _load_shared(size: int) -> None:
     """Loads what every case uses once, before worker threads share it: the template, the pathology atlas and
     the traced deconvolution graph (one after the other: importing TensorFlow in a thread of its own while

@@ -70,6 +70,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         config = config_from_flags(flags.FLAGS)
         synthesis.keep_freed_memory()  # this process only synthesizes
+        synthesis.one_blas_thread()
         case_dirs = synthesis.run(config)
     except (app.UsageError, ValueError) as error:  # bad flag values, a folder this generator did not write
         cli.fail(TOOL, error, flag_names=FLAG_NAMES)
