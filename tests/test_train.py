@@ -148,14 +148,14 @@ def test_next_run_in_the_process_reuses_the_trace_and_equals_a_fresh_run(data_di
     dropout seeds and optimizer state, and ends bit for bit where a run in a fresh state ends."""
     config, _ = finished_run
     loop.train(config)  # the finished run (a no-op) makes its model and cases the last ones
-    compiled, cases = loop._LAST_COMPILED[0], loop._LAST_CASES[1]
+    compiled, cases = loop._LAST_COMPILED[0], list(loop._LAST_CASES.values())[0]
     reused = loop.train(make_config(data_dir, str(tmp_path / "reused"), fold=1))
     assert loop._LAST_COMPILED[0] is compiled and compiled.step_fn.trace_count == 1
-    assert loop._LAST_CASES[1] is cases
+    assert list(loop._LAST_CASES.values())[0] is cases
     loop._LAST_COMPILED.clear()
     loop._LAST_CASES.clear()
     fresh = loop.train(make_config(data_dir, str(tmp_path / "fresh"), fold=1))
-    assert loop._LAST_COMPILED[0] is not compiled and loop._LAST_CASES[1] is not cases
+    assert loop._LAST_COMPILED[0] is not compiled and list(loop._LAST_CASES.values())[0] is not cases
     assert (reused.best_val_dice, reused.best_epoch, reused.val_ids) == (fresh.best_val_dice, fresh.best_epoch,
                                                                        fresh.val_ids)
     reused_values = _checkpoint_values(checkpointing.latest_checkpoint(str(tmp_path / "reused")))

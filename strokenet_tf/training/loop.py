@@ -84,7 +84,10 @@ def load_fold(config: TrainConfig) -> tuple[list, list]:
     """
     if not os.path.exists(config.data_dir):
         raise TrainingError("data_dir", f"={config.data_dir}: no such folder")
-    cases = _read_cases(config)
+    key = _files_key(config)
+    kept = _LAST_CASES.get(key)  # this process's last run read and prepared these same files
+    cases = kept or isles.load_cases(config.data_dir, channels=config.channels, split=config.split,
+                                     require_label=True)
     if not cases:
         raise TrainingError("data_dir", f"={config.data_dir}: no labelled {config.split} cases found")
     patient_map = None
@@ -101,13 +104,18 @@ def load_fold(config: TrainConfig) -> tuple[list, list]:
         fields = ("patient_map",) if "patient map" in str(error) else ("num_folds", "fold")
         raise TrainingError(f"{'/'.join(map(errors.ref, fields))}: {error} ({len(cases)} cases in {config.data_dir})"
                             ) from None
-    prepared = _prepare(config, cases)
+    if kept is None:
+        kept = [preprocess.prepare_case(case, config.channels) for case in cases]
+        _LAST_CASES.clear()
+        _LAST_CASES[key] = kept
+    prepared = {case.case_id: case for case in kept}
     return [prepared[i] for i in train_ids], [prepared[i] for i in val_ids]
 
 
-# The last run's prepared cases: the next run of this process on the same, unchanged files (the folds of
-# `cross_validate`) takes them from here (reading and normalising the 24 demo cases takes ~10 s on 2 CPU cores).
-_LAST_CASES: list = []
+# The last run's prepared cases, {files key: cases}: the next run of this process on the same, unchanged files
+# (the folds of `cross_validate`) takes them from here (reading and normalising the 24 demo cases takes ~10 s on
+# 2 CPU cores).
+_LAST_CASES: dict = {}
 
 
 def _files_key(config: TrainConfig) -> tuple:
@@ -123,28 +131,6 @@ def _files_key(config: TrainConfig) -> tuple:
                 continue
             listing.append((path, info.st_size, info.st_mtime_ns))
     return root, tuple(config.channels), tuple(sorted(listing))
-
-
-def _read_cases(config: TrainConfig) -> list:
-    """The labelled cases as `isles.Case`s, or, when this process prepared these same files last,
-    those prepared cases (`_prepare` knows them)."""
-    key = _files_key(config)
-    if _LAST_CASES and _LAST_CASES[1] is not None and _LAST_CASES[0] == key:
-        return _LAST_CASES[1]
-    _LAST_CASES.clear()
-    cases = isles.load_cases(config.data_dir, channels=config.channels, split=config.split, require_label=True)
-    _LAST_CASES[:] = [key, None]
-    return cases
-
-
-def _prepare(config: TrainConfig, cases: list) -> dict:
-    """case_id -> `preprocess.PreparedCase`, kept for the next run (only the prepared cases stay in memory)."""
-    if _LAST_CASES and _LAST_CASES[1] is cases:
-        return {case.case_id: case for case in cases}
-    prepared = {case.case_id: preprocess.prepare_case(case, config.channels) for case in cases}
-    if _LAST_CASES and _LAST_CASES[1] is None:
-        _LAST_CASES[1] = list(prepared.values())
-    return prepared
 
 
 def _relax_shapes(channels: int):
@@ -417,7 +403,7 @@ def _compiled(config: TrainConfig, strategy) -> _Compiled:
     after `keras.utils.set_random_seed(config.seed)`."""
     fresh = strokenet.build_strokenet(config.model)
     key = (repr(config.model), config.optimizer, config.weight_decay, config.mixed_precision, config.batch_size,
-           config.seed, len(config.channels), tuple(stage.learning_rate for stage in config.curriculum.stages[:1]))
+           config.seed, len(config.channels), config.curriculum.stages[0].learning_rate)
     reusable = strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
     if reusable and _LAST_COMPILED and _LAST_COMPILED[0].key == key:
         compiled = _LAST_COMPILED[0]
